@@ -1,0 +1,108 @@
+"""What a channel is: the ``Channel`` protocol and the values that cross it.
+
+A worker hands a channel a batch of rendered :class:`Message` values and gets
+back, for each message in the same order, either a :class:`Receipt` (the
+provider accepted it) or one of the errors of :mod:`channels.errors`. A channel
+never touches the store; recording the outcome is the worker's job.
+
+:class:`BatchChannel` is the base most channels want: it implements
+``send_batch`` by calling ``send`` per message, so a provider module writes
+only ``send`` unless the provider has a batch API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from .errors import DeliveryError
+
+__all__ = [
+    "CHANNEL_NAMES",
+    "BatchChannel",
+    "Channel",
+    "Message",
+    "Outcome",
+    "Receipt",
+]
+
+#: Every channel a campaign can name, in no particular order.
+CHANNEL_NAMES = ("sms", "email", "push", "direct_mail")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """One rendered message for one recipient on one channel."""
+
+    delivery_id: int
+    dedupe_key: str
+    member_id: int
+    channel: str
+    to: str
+    """Where it goes: an E.164 number, an email address, a push token, a postal label."""
+    parts: Mapping[str, str]
+    """The rendered parts, e.g. ``{"subject": ..., "html": ..., "text": ...}``."""
+    category: str
+    campaign: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Receipt:
+    """The provider accepted a message."""
+
+    provider_message_id: str
+    accepted_at: datetime
+
+
+Outcome = Receipt | DeliveryError
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A way to reach members: SMS, email, push or direct mail, live or outbox."""
+
+    name: str
+    """The channel name a campaign uses (``sms``, ``email``, ...)."""
+    live: bool
+    """True when it talks to a real provider, False in outbox mode."""
+    max_batch: int
+    """How many messages one ``send_batch`` call takes at most."""
+
+    def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Send ``messages``; return one outcome per message, in order.
+
+        Raises:
+            TransientDeliveryError: the whole batch could not be attempted.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+class BatchChannel:
+    """Base for channels whose provider takes one message per call."""
+
+    name: str
+    live: ClassVar[bool] = True
+    max_batch: ClassVar[int] = 50
+
+    def send(self, message: Message) -> Receipt:
+        """Send one message; raise a :mod:`channels.errors` error if it fails."""
+        raise NotImplementedError
+
+    def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for message in messages:
+            try:
+                outcomes.append(self.send(message))
+            except DeliveryError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def close(self) -> None:
+        return None

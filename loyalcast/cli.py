@@ -1,0 +1,301 @@
+"""The ``loyalcast`` command line.
+
+Every command reads its configuration from the environment once, through
+:class:`loyalcast.settings.Settings`; a malformed variable stops it with a
+message naming the variable (exit code 2). ``loyalcast settings`` lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loyalcast.logging import configure_logging
+from loyalcast.settings import Settings, SettingsError, redact_url
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="loyalcast sends a loyalty program's messages: reminders, welcomes, broadcasts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+members_app = typer.Typer(help="Members and their data.", no_args_is_help=True)
+campaigns_app = typer.Typer(help="Campaign files, versions and progress.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(members_app, name="members")
+app.add_typer(campaigns_app, name="campaigns")
+
+console = Console(stderr=False, highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``message`` as an error and exit with ``code``."""
+    errors.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    """The settings from the environment, or exit 2 naming the bad variable."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        fail(f"configuration: {exc}", code=2)
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _sessions(settings: Settings, upgrade: bool = True) -> Any:
+    from store import make_engine, make_sessionmaker
+    from store import upgrade as upgrade_schema
+
+    engine = make_engine(settings.effective_database_url)
+    if upgrade:
+        upgrade_schema(engine)
+    return make_sessionmaker(engine)
+
+
+def print_channels(settings: Settings) -> None:
+    """Say which channels are live and which write to the outbox."""
+    from workers import build_channels
+
+    for name, channel in build_channels(settings).items():
+        mode = "live" if channel.live else f"outbox ({settings.effective_outbox_dir / name}.jsonl)"
+        console.print(f"  channel [bold]{name}[/]: {mode}")
+        channel.close()
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """List every environment variable loyalcast reads, with its default and current value."""
+    settings = load_settings()
+    table = Table("variable", "current", "default", "meaning")
+    current = settings.to_env()
+    for env, default, doc in Settings.documented():
+        value = current.get(env, "")
+        table.add_row(env, redact_url(value) if "URL" in env else value, default, doc)
+    console.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema to the latest version (safe to repeat)."""
+    from store import current_revision, make_engine, upgrade
+
+    settings = load_settings()
+    engine = make_engine(settings.effective_database_url)
+    upgrade(engine)
+    console.print(
+        f"database {redact_url(settings.effective_database_url)} at revision {current_revision(engine)}"
+    )
+
+
+@members_app.command("import")
+def members_import(
+    file: Annotated[Path, typer.Argument(help="A .csv (with header) or .jsonl file of members.")],
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Write the good rows and report the bad ones. Default: all-or-nothing, "
+            "where one bad row means nothing is written.",
+        ),
+    ] = False,
+    region: Annotated[
+        str | None,
+        typer.Option(help="Country for phone numbers without +code (default LOYALCAST_DEFAULT_REGION)."),
+    ] = None,
+) -> None:
+    """Import or update members (upsert on external_id).
+
+    Every row is validated whole before any of it is written; a bad row is
+    reported with its line number and field. All-or-nothing by default.
+    """
+    from rich.progress import Progress
+
+    from store import MemberImportError, import_members, make_engine, upgrade
+
+    settings = load_settings()
+    if not file.exists():
+        fail(f"{file}: no such file")
+    engine = make_engine(settings.effective_database_url)
+    upgrade(engine)
+    with Progress(console=errors, transient=True) as progress:
+        task = progress.add_task(f"importing {file.name}", total=None)
+        try:
+            report = import_members(
+                engine,
+                file,
+                mode="skip-bad" if skip_bad else "all-or-nothing",
+                default_region=region or settings.default_region,
+                progress=lambda n: progress.update(task, completed=n),
+            )
+        except MemberImportError as exc:
+            fail(str(exc))
+    for error in report.errors:
+        errors.print(str(error), markup=False, soft_wrap=True)
+    console.print(
+        f"{report.rows} rows: {report.inserted} inserted, {report.updated} updated, "
+        f"{report.skipped} skipped, {len(report.errors)} with errors"
+    )
+    if report.errors and not skip_bad:
+        fail("nothing was written (all-or-nothing); fix the rows above or use --skip-bad")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@campaigns_app.command("create")
+def campaigns_create(
+    file: Annotated[Path, typer.Argument(help="The campaign file (YAML).")],
+    templates: Annotated[
+        list[Path] | None,
+        typer.Option("--templates", help="Folder of template folders (repeatable); "
+                     "<file's folder>/templates and the built-ins are searched too."),
+    ] = None,
+) -> None:
+    """Validate a campaign file, render its templates for sample members, and schedule it.
+
+    Nothing is stored when the file, a template or a sample render is wrong;
+    the error names the line and key, or the template and its line.
+    """
+    from workers import CampaignFileError
+    from workers.catalog import create_campaign
+
+    settings = load_settings()
+    sessions = _sessions(settings)
+    try:
+        created = create_campaign(sessions, file, template_path=templates or ())
+    except CampaignFileError as exc:
+        fail(f"campaign refused:\n{exc}")
+    what = "created" if created.changed else "unchanged"
+    console.print(
+        f"campaign {created.name} {what} (version {created.version}); "
+        f"run {created.run_id} due {created.due_at:%Y-%m-%d %H:%M %Z}"
+    )
+
+
+@campaigns_app.command("status")
+def campaigns_status(name: Annotated[str, typer.Argument(help="The campaign's name.")]) -> None:
+    """Show a campaign's runs and its deliveries counted by status and reason."""
+    from workers.catalog import campaign_status
+
+    settings = load_settings()
+    sessions = _sessions(settings)
+    try:
+        report = campaign_status(sessions, name)
+    except LookupError as exc:
+        fail(str(exc))
+    console.print(f"[bold]{report.name}[/] version {report.version}, {report.status}")
+    runs = Table("run", "occurrence", "due", "status", "planned")
+    for run in report.runs:
+        runs.add_row(str(run["id"]), run["occurrence"], f"{run['due_at']:%Y-%m-%d %H:%M}Z",
+                     run["status"], str(run["planned"]))
+    console.print(runs)
+    counts = Table("status", "reason", "deliveries")
+    for status, reason, n in report.counts:
+        counts.add_row(status, reason or "", str(n))
+    counts.add_row("[bold]total[/]", "", str(report.total))
+    console.print(counts)
+
+
+@app.command()
+def worker(
+    processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads per process.")] = None,
+) -> None:
+    """Run dramatiq workers for plan, deliver and sweep jobs (needs LOYALCAST_REDIS_URL)."""
+    from workers.jobs import QUEUES
+
+    settings = load_settings()
+    if not settings.redis_url:
+        fail("LOYALCAST_REDIS_URL is not set: workers and the scheduler must share one Redis. "
+             "On one machine, `loyalcast run` starts a private Redis with both.", code=2)
+    console.print(f"workers on {redact_url(settings.redis_url)}, "
+                  f"database {redact_url(settings.effective_database_url)}")
+    print_channels(settings)
+    sys.stdout.flush()
+    argv = [sys.executable, "-m", "dramatiq", "workers.main",
+            "--processes", str(processes or settings.worker_processes),
+            "--threads", str(threads or settings.worker_threads), "--queues", *QUEUES]
+    os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with dramatiq's CLI
+
+
+@app.command()
+def scheduler() -> None:
+    """Run a scheduler: it leads when it holds the lock, else stands by (needs LOYALCAST_REDIS_URL)."""
+    settings = load_settings()
+    if not settings.redis_url:
+        fail("LOYALCAST_REDIS_URL is not set: workers and the scheduler must share one Redis. "
+             "On one machine, `loyalcast run` starts a private Redis with both.", code=2)
+    run_scheduler(settings, settings.redis_url)
+
+
+def run_scheduler(settings: Settings, redis_url: str) -> None:
+    """Run a SchedulerService in this process until SIGINT or SIGTERM."""
+    import redis
+
+    from scheduler import SchedulerService
+    from workers import close_broker, make_broker
+
+    sessions = _sessions(settings)
+    broker = make_broker(settings, redis_url)
+    client = redis.Redis.from_url(redis_url)
+    service = SchedulerService(settings, sessions, broker, client,
+                               on_change=lambda role: console.print(f"scheduler: {role}"))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: service.stop())
+    console.print("scheduler: standing by for the leader lock")
+    try:
+        service.run()
+    finally:
+        close_broker(broker)
+        client.close()
+
+
+@app.command()
+def run(
+    processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads per process.")] = None,
+) -> None:
+    """Run everything on this machine: a private Redis (unless configured), workers and a scheduler."""
+    from loyalcast.embedded import Embedded
+
+    settings = load_settings()
+    with Embedded(settings, processes=processes, threads=threads) as embedded:
+        console.print(f"running on {redact_url(embedded.redis_url)}; Ctrl-C stops")
+        print_channels(settings)
+        run_scheduler(settings, embedded.redis_url)
+
+
+@app.command()
+def demo(
+    members: Annotated[int, typer.Option(help="How many members to seed.", min=10)] = 3000,
+    seed: Annotated[int, typer.Option(help="Random seed for the members.")] = 7,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
+) -> None:
+    """Seed members, broadcast to a segment, and show every message going out.
+
+    Uses a fresh SQLite file and outbox under <data dir>/demo and a private
+    redis-server, whatever LOYALCAST_DATABASE_URL and LOYALCAST_REDIS_URL say;
+    stops every process it started, on success, error or Ctrl-C.
+    """
+    from loyalcast.demo import run_demo
+
+    settings = load_settings()
+    ok = run_demo(settings, members=members, seed=seed, timeout=timeout, console=console)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

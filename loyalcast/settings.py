@@ -1,0 +1,222 @@
+"""The one place that reads the environment.
+
+Every setting has a name (the environment variable), a default and a parser.
+``Settings.from_env()`` reads them all at start; a malformed value raises
+``SettingsError`` naming the variable, so a process refuses to start rather
+than run half-configured. Other modules receive a ``Settings`` and never look
+at ``os.environ`` themselves.
+
+With no configuration at all, loyalcast keeps its state under ``./.loyalcast``:
+a SQLite database (WAL) and the file outbox. ``LOYALCAST_REDIS_URL`` unset
+means "no shared Redis": ``loyalcast demo`` and ``loyalcast run`` start a
+private ``redis-server`` of their own, while ``loyalcast worker`` and
+``loyalcast scheduler`` (which must share one Redis) refuse to start.
+"""
+
+from __future__ import annotations
+
+import os
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["Settings", "SettingsError", "redact_url"]
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value loyalcast cannot use."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        self.problem = problem
+        super().__init__(f"{variable}: {problem}")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (safe to log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    scheme = urlsplit(raw).scheme
+    if not scheme.startswith(("sqlite", "postgresql")):
+        raise ValueError("must be a sqlite:/// or postgresql:// URL")
+    if scheme in ("postgresql", "postgres"):
+        # psycopg 3 is the driver we ship; spell it out for SQLAlchemy.
+        raw = "postgresql+psycopg" + raw[len(scheme) :]
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _time_zone(raw: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {raw!r}") from None
+    return raw
+
+
+def _region(raw: str) -> str:
+    if len(raw) != 2 or not raw.isalpha():
+        raise ValueError("must be a two-letter ISO country code such as US")
+    return raw.upper()
+
+
+def _setting(env: str, parse: Callable[[str], Any], default: Any = None, doc: str = "") -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """loyalcast's configuration, read once from the environment."""
+
+    data_dir: Path = _setting(
+        "LOYALCAST_DATA_DIR", Path, Path(".loyalcast"),
+        "Where the embedded default keeps its SQLite file, outbox and private Redis socket.",
+    )
+    database_url: str | None = _setting(
+        "LOYALCAST_DATABASE_URL", _database_url, None,
+        "SQLAlchemy URL; default sqlite:///<data dir>/loyalcast.db.",
+    )
+    redis_url: str | None = _setting(
+        "LOYALCAST_REDIS_URL", _redis_url, None,
+        "Shared Redis for the broker, locks and caps; unset: a private redis-server.",
+    )
+    queue_namespace: str = _setting(
+        "LOYALCAST_QUEUE_NAMESPACE", str, "loyalcast",
+        "Prefix of every Redis key loyalcast writes (lets programs share one Redis).",
+    )
+    outbox_dir: Path | None = _setting(
+        "LOYALCAST_OUTBOX_DIR", Path, None,
+        "Where channels in outbox mode write JSON lines; default <data dir>/outbox.",
+    )
+    batch_size: int = _setting(
+        "LOYALCAST_BATCH_SIZE", _positive_int, 1000,
+        "Delivery rows per deliver job.",
+    )
+    lease_seconds: float = _setting(
+        "LOYALCAST_LEASE_SECONDS", _positive_float, 300.0,
+        "How long a claimed 'sending' row or a queued row may wait before it is swept.",
+    )
+    tick_seconds: float = _setting(
+        "LOYALCAST_TICK_SECONDS", _positive_float, 5.0,
+        "How often the scheduler leader claims due runs.",
+    )
+    sweep_seconds: float = _setting(
+        "LOYALCAST_SWEEP_SECONDS", _positive_float, 30.0,
+        "How often the scheduler leader sweeps stale and deferred deliveries.",
+    )
+    leader_ttl_seconds: float = _setting(
+        "LOYALCAST_LEADER_TTL_SECONDS", _positive_float, 15.0,
+        "How long the scheduler leader lock lives without renewal.",
+    )
+    worker_processes: int = _setting(
+        "LOYALCAST_WORKER_PROCESSES", _positive_int, 2,
+        "dramatiq worker processes started by `loyalcast worker`.",
+    )
+    worker_threads: int = _setting(
+        "LOYALCAST_WORKER_THREADS", _positive_int, 4,
+        "Threads per worker process.",
+    )
+    heartbeat_timeout_ms: int = _setting(
+        "LOYALCAST_HEARTBEAT_TIMEOUT_MS", _positive_int, 60_000,
+        "After this long without a heartbeat a dead worker's unacked jobs are redelivered.",
+    )
+    maintenance_chance: int = _setting(
+        "LOYALCAST_MAINTENANCE_CHANCE", _positive_int, 1000,
+        "Out of 1,000,000 broker commands, how many run Redis queue maintenance.",
+    )
+    default_time_zone: str = _setting(
+        "LOYALCAST_DEFAULT_TIMEZONE", _time_zone, "UTC",
+        "The program's time zone, used for members who have none.",
+    )
+    default_region: str = _setting(
+        "LOYALCAST_DEFAULT_REGION", _region, "US",
+        "Country assumed for imported phone numbers written without +country code.",
+    )
+    log_level: str = _setting(
+        "LOYALCAST_LOG_LEVEL", str.upper, "INFO",
+        "DEBUG, INFO, WARNING or ERROR.",
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``environ`` (default ``os.environ``).
+
+        Raises:
+            SettingsError: a variable is set to a value that does not parse.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = environ.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw.strip())
+            except (ValueError, TypeError) as exc:
+                raise SettingsError(name, str(exc) or "malformed value") from None
+        settings = cls(**values)
+        if settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError("LOYALCAST_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
+        return settings
+
+    @classmethod
+    def documented(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for every setting, for docs and ``--help``."""
+        return [
+            (f.metadata["env"], "" if f.default is None else str(f.default), f.metadata["doc"])
+            for f in fields(cls)
+        ]
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in force: the configured one or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'loyalcast.db').resolve()}"
+
+    @property
+    def effective_outbox_dir(self) -> Path:
+        """Where channels in outbox mode write."""
+        return self.outbox_dir or self.data_dir / "outbox"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[f.metadata["env"]] = str(value)
+        return env

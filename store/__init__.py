@@ -1,0 +1,61 @@
+"""The store: the source of truth for members, campaigns and every delivery.
+
+Models (``store.models``), engines and sessions (``store.engine``), Alembic
+migrations (``store.migrate``) and member imports (``store.importer``). The
+store imports nothing else of loyalcast's.
+"""
+
+from .engine import insert_ignore, make_engine, make_sessionmaker
+from .importer import (
+    ImportMode,
+    ImportReport,
+    MemberImportError,
+    RowError,
+    import_members,
+)
+from .migrate import current_revision, upgrade
+from .models import (
+    Base,
+    Campaign,
+    CampaignRun,
+    CampaignStatus,
+    CampaignVersion,
+    Consent,
+    ConsentEvent,
+    ConsentStatus,
+    Delivery,
+    DeliveryStatus,
+    Member,
+    PointLot,
+    PushToken,
+    RunStatus,
+    utcnow,
+)
+
+__all__ = [
+    "Base",
+    "Campaign",
+    "CampaignRun",
+    "CampaignStatus",
+    "CampaignVersion",
+    "Consent",
+    "ConsentEvent",
+    "ConsentStatus",
+    "Delivery",
+    "DeliveryStatus",
+    "ImportMode",
+    "ImportReport",
+    "Member",
+    "MemberImportError",
+    "PointLot",
+    "PushToken",
+    "RowError",
+    "RunStatus",
+    "current_revision",
+    "import_members",
+    "insert_ignore",
+    "make_engine",
+    "make_sessionmaker",
+    "upgrade",
+    "utcnow",
+]

@@ -1,0 +1,246 @@
+"""Campaign files: what a marketer writes, validated before anything is stored.
+
+A campaign file is YAML (see DESIGN.md, "Campaign files")::
+
+    name: winter-double-points
+    kind: broadcast
+    category: marketing
+    segment: {all: [{field: tier, op: in, value: [gold, platinum]}]}
+    channels: [push, email, sms]     # preference order; or `all`
+    template: winter-double-points
+    schedule: {at: "2026-12-01T10:00", timezone: Europe/Berlin}
+
+:func:`parse_campaign` turns the text into a frozen :class:`CampaignSpec` or
+raises :class:`CampaignFileError`, whose message names the file, the line
+and the key of every problem (``campaign.yaml, line 7, segment.all[0].op:
+unknown operator "=>"``).
+
+This version runs ``kind: broadcast``; expiry reminders, welcome sequences and
+member-local schedules are refused with a message saying so rather than
+accepted and never run.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from channels import CHANNEL_NAMES
+from segments import RuleError, parse_rule
+
+__all__ = [
+    "CampaignFileError",
+    "CampaignSpec",
+    "Problem",
+    "Schedule",
+    "parse_campaign",
+]
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+#: Channels a campaign can send on today (direct mail arrives with its exporter).
+SENDABLE_CHANNELS = ("sms", "email", "push")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a campaign file."""
+
+    path: str
+    problem: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}, " if self.line else ""
+        return f"{where}{self.path}: {self.problem}"
+
+
+class CampaignFileError(ValueError):
+    """A campaign file (or its templates) cannot be used; every problem is listed."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}, {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class Schedule(BaseModel):
+    """When a broadcast goes out: an instant, read in ``timezone``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: datetime
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value == "member":
+            raise ValueError(
+                "member-local schedules (timezone: member) are not supported in this version; "
+                "give an IANA time zone such as Europe/Berlin"
+            )
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    def due_at(self) -> datetime:
+        """The instant the schedule names, in UTC."""
+        at = self.at
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=zoneinfo.ZoneInfo(self.timezone))
+        return at.astimezone(UTC)
+
+
+class CampaignSpec(BaseModel):
+    """A validated campaign file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: Literal["broadcast"]
+    category: Literal["marketing", "service", "transactional"]
+    description: str | None = None
+    segment: dict[str, Any] | None = None
+    channels: list[str] | Literal["all"]
+    template: str
+    schedule: Schedule | None = None
+    on_ambiguous: Literal["skip", "resend"] = "skip"
+    max_attempts: int = Field(default=5, ge=1, le=20)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, value: Any) -> Any:
+        if value in ("expiry_reminder", "welcome_sequence", "triggered"):
+            raise ValueError(f"kind {value!r} is not supported in this version; use broadcast")
+        return value
+
+    @field_validator("name", "template")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError(
+                "must be lower-case letters, digits, '-' or '_' (at most 100 characters)"
+            )
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: list[str] | str) -> list[str] | str:
+        if value == "all":
+            return value
+        if not value:
+            raise ValueError("name at least one channel")
+        for name in value:
+            if name not in CHANNEL_NAMES:
+                raise ValueError(f"unknown channel {name!r}; choose from {', '.join(CHANNEL_NAMES)}")
+            if name not in SENDABLE_CHANNELS:
+                raise ValueError(f"channel {name!r} is not supported in this version")
+        if len(set(value)) != len(value):
+            raise ValueError("a channel is named twice")
+        return value
+
+    @property
+    def channel_list(self) -> list[str]:
+        """The channels in preference order (``all`` expanded)."""
+        return list(SENDABLE_CHANNELS) if self.channels == "all" else list(self.channels)
+
+    @property
+    def sends_on_every_channel(self) -> bool:
+        """True for ``channels: all``: one message per channel, the channel in the dedupe key."""
+        return self.channels == "all"
+
+
+def parse_campaign(text: str, source: str = "<campaign>") -> CampaignSpec:
+    """Parse and validate a campaign file's text.
+
+    Args:
+        text: the YAML source.
+        source: the file name used in error messages.
+
+    Raises:
+        CampaignFileError: listing every problem with its line and key path.
+    """
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_map(yaml.compose(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise CampaignFileError(source, [Problem("(file)", f"not valid YAML: {exc}", line)]) from None
+    if not isinstance(data, dict):
+        raise CampaignFileError(source, [Problem("(file)", "must be a mapping of keys", 1)])
+    problems: list[Problem] = []
+    try:
+        spec = CampaignSpec.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path = _dotted(error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(Problem(path, message, _nearest_line(lines, error["loc"])))
+        raise CampaignFileError(source, problems) from None
+    if spec.segment is not None:
+        try:
+            parse_rule(spec.segment, "segment")
+        except RuleError as exc:
+            loc = _loc_from_path(exc.path)
+            problems.append(Problem(exc.path, exc.problem, _nearest_line(lines, loc)))
+            raise CampaignFileError(source, problems) from None
+    return spec
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "literal[", "list[")):
+            continue  # pydantic's union-branch labels are not keys of the file
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(file)"
+
+
+def _loc_from_path(path: str) -> tuple[int | str, ...]:
+    loc: list[int | str] = []
+    for token in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        loc.append(int(token[1:-1]) if token.startswith("[") else token)
+    return tuple(loc)
+
+
+def _line_map(node: yaml.Node | None) -> dict[tuple[int | str, ...], int]:
+    """Map every key path of a YAML document to its 1-based line."""
+    lines: dict[tuple[int | str, ...], int] = {}
+
+    def walk(n: yaml.Node, loc: tuple[int | str, ...]) -> None:
+        lines[loc] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                child = (*loc, str(key.value))
+                walk(value, child)
+                lines[child] = key.start_mark.line + 1
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, (*loc, i))
+
+    if node is not None:
+        walk(node, ())
+    return lines
+
+
+def _nearest_line(lines: Mapping[tuple[int | str, ...], int], loc: tuple[Any, ...]) -> int | None:
+    loc = tuple(p for p in loc if not str(p).startswith(("function-", "literal[", "list[")))
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())

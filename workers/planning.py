@@ -1,0 +1,173 @@
+"""plan(run): turn a campaign run's audience into delivery rows, then deliver jobs.
+
+The audience is read in pages of member ids in id order (keyset pagination:
+``id > last ORDER BY id LIMIT n``). Each page becomes delivery rows written
+with ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING`` in the same transaction
+that advances the run's ``planned_through`` cursor, and only after that commit
+are deliver jobs enqueued for the new rows. So:
+
+- a plan killed at any point resumes from the last committed page, and a page
+  planned twice (two plan jobs for one run) writes each row once;
+- a crash between the commit and the enqueue leaves rows ``pending`` with an
+  ``enqueued_at``; the sweeper re-enqueues them once that is older than the lease.
+
+Keyset pages rather than one long server-side cursor keep every transaction
+short, which matters on SQLite (one writer) and for PostgreSQL's vacuum.
+Members are not loaded here: consent, reachability and the channel are
+decided by the deliver job, just before sending (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import func, select, update
+
+from segments import audience_filter, parse_rule
+from store import (
+    Campaign,
+    CampaignRun,
+    CampaignStatus,
+    Delivery,
+    DeliveryStatus,
+    Member,
+    RunStatus,
+    insert_ignore,
+    utcnow,
+)
+
+from .jobs import enqueue_deliver
+from .runtime import Runtime
+
+__all__ = ["PlanResult", "dedupe_key", "plan_run"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """What one plan job did."""
+
+    run_id: int
+    written: int
+    status: str
+
+
+def dedupe_key(run_id: int, member_id: int, channel: str | None = None) -> str:
+    """A broadcast's once-only key: (run, member), plus the channel for ``channels: all``."""
+    key = f"broadcast:{run_id}:{member_id}"
+    return f"{key}:{channel}" if channel else key
+
+
+def plan_run(rt: Runtime, run_id: int) -> PlanResult:
+    """Write every delivery row of run ``run_id`` and enqueue deliver jobs for them.
+
+    Raises:
+        LookupError: the run does not exist.
+    """
+    with rt.sessions.begin() as session:
+        run = session.get(CampaignRun, run_id)
+        if run is None:
+            raise LookupError(f"campaign run {run_id} does not exist")
+        if run.status != RunStatus.PLANNING:
+            return PlanResult(run_id, 0, run.status)
+        campaign_status = session.scalar(
+            select(Campaign.status).where(Campaign.id == run.campaign_id)
+        )
+        version_id, last = run.campaign_version_id, run.planned_through
+    if campaign_status == CampaignStatus.CANCELLED:
+        return _finish(rt, run_id, RunStatus.CANCELLED, 0)
+
+    version = rt.version(version_id)
+    spec = version.spec
+    rule = parse_rule(spec.segment, "segment") if spec.segment is not None else None
+    audience = audience_filter(rule)
+    channels = spec.channel_list
+    per_channel = spec.sends_on_every_channel
+    page = rt.settings.batch_size
+    rows_per_page = page // len(channels) if per_channel else page
+    written = 0
+
+    while True:
+        with rt.sessions.begin() as session:
+            ids = list(
+                session.scalars(
+                    select(Member.id)
+                    .where(audience, Member.id > last)
+                    .order_by(Member.id)
+                    .limit(max(rows_per_page, 1))
+                )
+            )
+            if not ids:
+                break
+            now = utcnow()
+            base = {
+                "campaign_id": version.campaign_id,
+                "campaign_version_id": version.id,
+                "run_id": run_id,
+                "category": spec.category,
+                "status": DeliveryStatus.PENDING,
+                "attempts": 0,
+                "resend_on_ambiguous": spec.on_ambiguous == "resend",
+                "enqueued_at": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+            rows = []
+            for member_id in ids:
+                if per_channel:
+                    rows.extend(
+                        {
+                            **base,
+                            "member_id": member_id,
+                            "dedupe_key": dedupe_key(run_id, member_id, channel),
+                            "channels": channel,
+                            "channel": channel,
+                        }
+                        for channel in channels
+                    )
+                else:
+                    rows.append(
+                        {
+                            **base,
+                            "member_id": member_id,
+                            "dedupe_key": dedupe_key(run_id, member_id),
+                            "channels": ",".join(channels),
+                            "channel": None,
+                        }
+                    )
+            dialect = session.get_bind().dialect.name
+            stmt = insert_ignore(dialect, Delivery, rows, ["dedupe_key"]).returning(Delivery.id)
+            new_ids = list(session.scalars(stmt))
+            last = ids[-1]
+            session.execute(
+                update(CampaignRun)
+                .where(CampaignRun.id == run_id)
+                .values(
+                    planned_through=func.max(CampaignRun.planned_through, last)
+                    if dialect == "sqlite"
+                    else func.greatest(CampaignRun.planned_through, last),
+                    planned_count=CampaignRun.planned_count + len(new_ids),
+                    claimed_at=now,
+                )
+            )
+        written += len(new_ids)
+        if rt.broker is not None:
+            enqueue_deliver(rt.broker, sorted(new_ids))
+    result = _finish(rt, run_id, RunStatus.PLANNED, written)
+    log.info("run planned", run_id=run_id, written=written)
+    return result
+
+
+def _finish(rt: Runtime, run_id: int, status: RunStatus, written: int) -> PlanResult:
+    values: dict[str, object] = {"status": status}
+    if status == RunStatus.PLANNED:
+        values["planned_at"] = utcnow()
+    with rt.sessions.begin() as session:
+        session.execute(
+            update(CampaignRun)
+            .where(CampaignRun.id == run_id, CampaignRun.status == RunStatus.PLANNING)
+            .values(**values)
+        )
+    return PlanResult(run_id, written, status)
