@@ -64,12 +64,20 @@ Outcome = Receipt | DeliveryError
 class Channel(Protocol):
     """A way to reach members: SMS, email, push or direct mail, live or outbox."""
 
-    name: str
-    """The channel name a campaign uses (``sms``, ``email``, ...)."""
-    live: bool
-    """True when it talks to a real provider, False in outbox mode."""
-    max_batch: int
-    """How many messages one ``send_batch`` call takes at most."""
+    @property
+    def name(self) -> str:
+        """The channel name a campaign uses (``sms``, ``email``, ...)."""
+        ...
+
+    @property
+    def live(self) -> bool:
+        """True when it talks to a real provider, False in outbox mode."""
+        ...
+
+    @property
+    def max_batch(self) -> int:
+        """How many messages one ``send_batch`` call takes at most."""
+        ...
 
     def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         """Send ``messages``; return one outcome per message, in order.

@@ -95,7 +95,8 @@ def db_upgrade() -> None:
     engine = make_engine(settings.effective_database_url)
     upgrade(engine)
     console.print(
-        f"database {redact_url(settings.effective_database_url)} at revision {current_revision(engine)}"
+        f"database {redact_url(settings.effective_database_url)} "
+        f"at revision {current_revision(engine)}"
     )
 
 
@@ -112,7 +113,9 @@ def members_import(
     ] = False,
     region: Annotated[
         str | None,
-        typer.Option(help="Country for phone numbers without +code (default LOYALCAST_DEFAULT_REGION)."),
+        typer.Option(
+            help="Country for phone numbers without +code (default LOYALCAST_DEFAULT_REGION)."
+        ),
     ] = None,
 ) -> None:
     """Import or update members (upsert on external_id).
@@ -158,8 +161,11 @@ def campaigns_create(
     file: Annotated[Path, typer.Argument(help="The campaign file (YAML).")],
     templates: Annotated[
         list[Path] | None,
-        typer.Option("--templates", help="Folder of template folders (repeatable); "
-                     "<file's folder>/templates and the built-ins are searched too."),
+        typer.Option(
+            "--templates",
+            help="Folder of template folders (repeatable); "
+            "<file's folder>/templates and the built-ins are searched too.",
+        ),
     ] = None,
 ) -> None:
     """Validate a campaign file, render its templates for sample members, and schedule it.
@@ -197,8 +203,13 @@ def campaigns_status(name: Annotated[str, typer.Argument(help="The campaign's na
     console.print(f"[bold]{report.name}[/] version {report.version}, {report.status}")
     runs = Table("run", "occurrence", "due", "status", "planned")
     for run in report.runs:
-        runs.add_row(str(run["id"]), run["occurrence"], f"{run['due_at']:%Y-%m-%d %H:%M}Z",
-                     run["status"], str(run["planned"]))
+        runs.add_row(
+            str(run["id"]),
+            run["occurrence"],
+            f"{run['due_at']:%Y-%m-%d %H:%M}Z",
+            run["status"],
+            str(run["planned"]),
+        )
     console.print(runs)
     counts = Table("status", "reason", "deliveries")
     for status, reason, n in report.counts:
@@ -217,25 +228,45 @@ def worker(
 
     settings = load_settings()
     if not settings.redis_url:
-        fail("LOYALCAST_REDIS_URL is not set: workers and the scheduler must share one Redis. "
-             "On one machine, `loyalcast run` starts a private Redis with both.", code=2)
-    console.print(f"workers on {redact_url(settings.redis_url)}, "
-                  f"database {redact_url(settings.effective_database_url)}")
+        fail(
+            "LOYALCAST_REDIS_URL is not set: workers and the scheduler must share one Redis. "
+            "On one machine, `loyalcast run` starts a private Redis with both.",
+            code=2,
+        )
+    console.print(
+        f"workers on {redact_url(settings.redis_url)}, "
+        f"database {redact_url(settings.effective_database_url)}"
+    )
     print_channels(settings)
     sys.stdout.flush()
-    argv = [sys.executable, "-m", "dramatiq", "workers.main",
-            "--processes", str(processes or settings.worker_processes),
-            "--threads", str(threads or settings.worker_threads), "--queues", *QUEUES]
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.main",
+        "--processes",
+        str(processes or settings.worker_processes),
+        "--threads",
+        str(threads or settings.worker_threads),
+        "--queues",
+        *QUEUES,
+    ]
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with dramatiq's CLI
 
 
 @app.command()
 def scheduler() -> None:
-    """Run a scheduler: it leads when it holds the lock, else stands by (needs LOYALCAST_REDIS_URL)."""
+    """Run a scheduler: it leads while it holds the lock, else stands by.
+
+    Needs LOYALCAST_REDIS_URL; run as many as you like, one leads.
+    """
     settings = load_settings()
     if not settings.redis_url:
-        fail("LOYALCAST_REDIS_URL is not set: workers and the scheduler must share one Redis. "
-             "On one machine, `loyalcast run` starts a private Redis with both.", code=2)
+        fail(
+            "LOYALCAST_REDIS_URL is not set: workers and the scheduler must share one Redis. "
+            "On one machine, `loyalcast run` starts a private Redis with both.",
+            code=2,
+        )
     run_scheduler(settings, settings.redis_url)
 
 
@@ -249,8 +280,13 @@ def run_scheduler(settings: Settings, redis_url: str) -> None:
     sessions = _sessions(settings)
     broker = make_broker(settings, redis_url)
     client = redis.Redis.from_url(redis_url)
-    service = SchedulerService(settings, sessions, broker, client,
-                               on_change=lambda role: console.print(f"scheduler: {role}"))
+    service = SchedulerService(
+        settings,
+        sessions,
+        broker,
+        client,
+        on_change=lambda role: console.print(f"scheduler: {role}"),
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: service.stop())
     console.print("scheduler: standing by for the leader lock")
@@ -266,7 +302,7 @@ def run(
     processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per process.")] = None,
 ) -> None:
-    """Run everything on this machine: a private Redis (unless configured), workers and a scheduler."""
+    """Run it all on one machine: workers, a scheduler and, unless configured, a private Redis."""
     from loyalcast.embedded import Embedded
 
     settings = load_settings()

@@ -13,7 +13,9 @@ from typing import Any
 
 import structlog
 
-__all__ = ["SECRET_KEYS", "configure_logging", "redact_secrets"]
+__all__ = ["QUIET_LIBRARIES", "SECRET_KEYS", "configure_logging", "redact_secrets"]
+
+QUIET_LIBRARIES = ("alembic", "apscheduler")
 
 SECRET_KEYS = ("password", "secret", "token", "api_key", "auth", "authorization", "private_key")
 
@@ -29,6 +31,9 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
 def configure_logging(level: str = "INFO") -> None:
     """Route structlog and stdlib logging to stderr at ``level``."""
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
+    # Libraries that narrate routine work at INFO: only their warnings matter here.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -82,17 +82,27 @@ class PrivateRedis:
         sock = self.directory / "redis.sock"
         argv = [
             redis_server_binary(),
-            "--port", "0",
-            "--unixsocket", str(sock),
-            "--unixsocketperm", "700",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.directory),
-            "--logfile", str(self.directory / "redis.log"),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
         self.process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,  # noqa: PLW1509
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -144,11 +154,18 @@ class WorkerGroup:
     ) -> None:
         self.env = dict(env)
         self.argv = [
-            sys.executable, "-m", "dramatiq", "workers.main",
-            "--processes", str(processes),
-            "--threads", str(threads),
-            "--queues", *queues,
-            "--worker-shutdown-timeout", "30000",
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "workers.main",
+            "--processes",
+            str(processes),
+            "--threads",
+            str(threads),
+            "--queues",
+            *queues,
+            "--worker-shutdown-timeout",
+            "30000",
         ]
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
@@ -158,8 +175,13 @@ class WorkerGroup:
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
+                self.argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         finally:
             if self.log_file:

@@ -64,9 +64,9 @@ def _positive_float(raw: str) -> float:
 
 def _database_url(raw: str) -> str:
     scheme = urlsplit(raw).scheme
-    if not scheme.startswith(("sqlite", "postgresql")):
+    if not scheme.startswith(("sqlite", "postgres")):
         raise ValueError("must be a sqlite:/// or postgresql:// URL")
-    if scheme in ("postgresql", "postgres"):
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg2"):
         # psycopg 3 is the driver we ship; spell it out for SQLAlchemy.
         raw = "postgresql+psycopg" + raw[len(scheme) :]
     return raw
@@ -92,81 +92,149 @@ def _region(raw: str) -> str:
     return raw.upper()
 
 
-def _setting(env: str, parse: Callable[[str], Any], default: Any = None, doc: str = "") -> Any:
-    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+def _meta(env: str, parse: Callable[[str], Any], doc: str) -> dict[str, Any]:
+    return {"env": env, "parse": parse, "doc": doc}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """loyalcast's configuration, read once from the environment."""
 
-    data_dir: Path = _setting(
-        "LOYALCAST_DATA_DIR", Path, Path(".loyalcast"),
-        "Where the embedded default keeps its SQLite file, outbox and private Redis socket.",
+    data_dir: Path = field(
+        default=Path(".loyalcast"),
+        metadata=_meta(
+            "LOYALCAST_DATA_DIR",
+            Path,
+            "Where the embedded default keeps its SQLite file, outbox and private Redis socket.",
+        ),
     )
-    database_url: str | None = _setting(
-        "LOYALCAST_DATABASE_URL", _database_url, None,
-        "SQLAlchemy URL; default sqlite:///<data dir>/loyalcast.db.",
+    database_url: str | None = field(
+        default=None,
+        metadata=_meta(
+            "LOYALCAST_DATABASE_URL",
+            _database_url,
+            "SQLAlchemy URL; default sqlite:///<data dir>/loyalcast.db.",
+        ),
     )
-    redis_url: str | None = _setting(
-        "LOYALCAST_REDIS_URL", _redis_url, None,
-        "Shared Redis for the broker, locks and caps; unset: a private redis-server.",
+    redis_url: str | None = field(
+        default=None,
+        metadata=_meta(
+            "LOYALCAST_REDIS_URL",
+            _redis_url,
+            "Shared Redis for the broker, locks and caps; unset: a private redis-server.",
+        ),
     )
-    queue_namespace: str = _setting(
-        "LOYALCAST_QUEUE_NAMESPACE", str, "loyalcast",
-        "Prefix of every Redis key loyalcast writes (lets programs share one Redis).",
+    queue_namespace: str = field(
+        default="loyalcast",
+        metadata=_meta(
+            "LOYALCAST_QUEUE_NAMESPACE",
+            str,
+            "Prefix of every Redis key loyalcast writes (lets programs share one Redis).",
+        ),
     )
-    outbox_dir: Path | None = _setting(
-        "LOYALCAST_OUTBOX_DIR", Path, None,
-        "Where channels in outbox mode write JSON lines; default <data dir>/outbox.",
+    outbox_dir: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "LOYALCAST_OUTBOX_DIR",
+            Path,
+            "Where channels in outbox mode write JSON lines; default <data dir>/outbox.",
+        ),
     )
-    batch_size: int = _setting(
-        "LOYALCAST_BATCH_SIZE", _positive_int, 1000,
-        "Delivery rows per deliver job.",
+    batch_size: int = field(
+        default=1000,
+        metadata=_meta(
+            "LOYALCAST_BATCH_SIZE",
+            _positive_int,
+            "Delivery rows per deliver job.",
+        ),
     )
-    lease_seconds: float = _setting(
-        "LOYALCAST_LEASE_SECONDS", _positive_float, 300.0,
-        "How long a claimed 'sending' row or a queued row may wait before it is swept.",
+    lease_seconds: float = field(
+        default=300.0,
+        metadata=_meta(
+            "LOYALCAST_LEASE_SECONDS",
+            _positive_float,
+            "How long a claimed 'sending' row or a queued row may wait before it is swept.",
+        ),
     )
-    tick_seconds: float = _setting(
-        "LOYALCAST_TICK_SECONDS", _positive_float, 5.0,
-        "How often the scheduler leader claims due runs.",
+    tick_seconds: float = field(
+        default=5.0,
+        metadata=_meta(
+            "LOYALCAST_TICK_SECONDS",
+            _positive_float,
+            "How often the scheduler leader claims due runs.",
+        ),
     )
-    sweep_seconds: float = _setting(
-        "LOYALCAST_SWEEP_SECONDS", _positive_float, 30.0,
-        "How often the scheduler leader sweeps stale and deferred deliveries.",
+    sweep_seconds: float = field(
+        default=30.0,
+        metadata=_meta(
+            "LOYALCAST_SWEEP_SECONDS",
+            _positive_float,
+            "How often the scheduler leader sweeps stale and deferred deliveries.",
+        ),
     )
-    leader_ttl_seconds: float = _setting(
-        "LOYALCAST_LEADER_TTL_SECONDS", _positive_float, 15.0,
-        "How long the scheduler leader lock lives without renewal.",
+    leader_ttl_seconds: float = field(
+        default=15.0,
+        metadata=_meta(
+            "LOYALCAST_LEADER_TTL_SECONDS",
+            _positive_float,
+            "How long the scheduler leader lock lives without renewal.",
+        ),
     )
-    worker_processes: int = _setting(
-        "LOYALCAST_WORKER_PROCESSES", _positive_int, 2,
-        "dramatiq worker processes started by `loyalcast worker`.",
+    worker_processes: int = field(
+        default=2,
+        metadata=_meta(
+            "LOYALCAST_WORKER_PROCESSES",
+            _positive_int,
+            "dramatiq worker processes started by `loyalcast worker`.",
+        ),
     )
-    worker_threads: int = _setting(
-        "LOYALCAST_WORKER_THREADS", _positive_int, 4,
-        "Threads per worker process.",
+    worker_threads: int = field(
+        default=4,
+        metadata=_meta(
+            "LOYALCAST_WORKER_THREADS",
+            _positive_int,
+            "Threads per worker process.",
+        ),
     )
-    heartbeat_timeout_ms: int = _setting(
-        "LOYALCAST_HEARTBEAT_TIMEOUT_MS", _positive_int, 60_000,
-        "After this long without a heartbeat a dead worker's unacked jobs are redelivered.",
+    heartbeat_timeout_ms: int = field(
+        default=60_000,
+        metadata=_meta(
+            "LOYALCAST_HEARTBEAT_TIMEOUT_MS",
+            _positive_int,
+            "After this long without a heartbeat a dead worker's unacked jobs are redelivered.",
+        ),
     )
-    maintenance_chance: int = _setting(
-        "LOYALCAST_MAINTENANCE_CHANCE", _positive_int, 1000,
-        "Out of 1,000,000 broker commands, how many run Redis queue maintenance.",
+    maintenance_chance: int = field(
+        default=1000,
+        metadata=_meta(
+            "LOYALCAST_MAINTENANCE_CHANCE",
+            _positive_int,
+            "Out of 1,000,000 broker commands, how many run Redis queue maintenance.",
+        ),
     )
-    default_time_zone: str = _setting(
-        "LOYALCAST_DEFAULT_TIMEZONE", _time_zone, "UTC",
-        "The program's time zone, used for members who have none.",
+    default_time_zone: str = field(
+        default="UTC",
+        metadata=_meta(
+            "LOYALCAST_DEFAULT_TIMEZONE",
+            _time_zone,
+            "The program's time zone, used for members who have none.",
+        ),
     )
-    default_region: str = _setting(
-        "LOYALCAST_DEFAULT_REGION", _region, "US",
-        "Country assumed for imported phone numbers written without +country code.",
+    default_region: str = field(
+        default="US",
+        metadata=_meta(
+            "LOYALCAST_DEFAULT_REGION",
+            _region,
+            "Country assumed for imported phone numbers written without +country code.",
+        ),
     )
-    log_level: str = _setting(
-        "LOYALCAST_LOG_LEVEL", str.upper, "INFO",
-        "DEBUG, INFO, WARNING or ERROR.",
+    log_level: str = field(
+        default="INFO",
+        metadata=_meta(
+            "LOYALCAST_LOG_LEVEL",
+            str.upper,
+            "DEBUG, INFO, WARNING or ERROR.",
+        ),
     )
 
     @classmethod

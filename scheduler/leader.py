@@ -54,4 +54,4 @@ class LeaderLock:
     def held(self) -> bool:
         """True while the key holds our token."""
         value = self.client.get(self.key)
-        return value is not None and value.decode() == self.token
+        return value in (self.token, self.token.encode())

@@ -5,7 +5,7 @@ migrations (``store.migrate``) and member imports (``store.importer``). The
 store imports nothing else of loyalcast's.
 """
 
-from .engine import insert_ignore, make_engine, make_sessionmaker
+from .engine import affected_rows, insert_ignore, make_engine, make_sessionmaker
 from .importer import (
     ImportMode,
     ImportReport,
@@ -51,6 +51,7 @@ __all__ = [
     "PushToken",
     "RowError",
     "RunStatus",
+    "affected_rows",
     "current_revision",
     "import_members",
     "insert_ignore",

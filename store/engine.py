@@ -15,13 +15,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Insert
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "insert_ignore", "make_engine", "make_sessionmaker"]
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "affected_rows",
+    "insert_ignore",
+    "make_engine",
+    "make_sessionmaker",
+]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -69,6 +75,13 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def affected_rows(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE changed (``rowcount`` of its cursor result)."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"not the result of a DML statement: {result!r}")
+    return int(result.rowcount)
+
+
 def insert_ignore(
     dialect_name: str,
     table: Any,
@@ -93,4 +106,3 @@ def insert_ignore(
         stmt = stmt.values(list(rows))
     index = list(conflict_columns) if conflict_columns is not None else None
     return stmt.on_conflict_do_nothing(index_elements=index)  # type: ignore[no-any-return]
-

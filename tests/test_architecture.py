@@ -35,7 +35,10 @@ def _imports(path: Path) -> set[tuple[str, int]]:
 
 
 def test_imports_follow_the_design_table() -> None:
-    """No package imports one of ours that DESIGN.md does not allow; only loyalcast.settings crosses out of loyalcast."""
+    """No package imports one of ours that DESIGN.md forbids.
+
+    Of ``loyalcast`` only ``loyalcast.settings`` may be imported by the others.
+    """
     # Given every module of every package
     violations = []
     for package, allowed in ALLOWED.items():

@@ -63,12 +63,15 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., object]]:
     def start(kind: str, env: dict[str, str]) -> object:
         log = (tmp_path / f"{kind}-{len(started)}.log").open("ab")
         if kind == "workers":
-            group = WorkerGroup(env, processes=2, threads=2, log_file=tmp_path / f"workers-{len(started)}.log")
+            group = WorkerGroup(
+                env, processes=2, threads=2, log_file=tmp_path / f"workers-{len(started)}.log"
+            )
             group.start()
             started.append(group)
             return group
-        proc = subprocess.Popen([LOYALCAST, "scheduler"], env=env, stdout=log, stderr=log,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [LOYALCAST, "scheduler"], env=env, stdout=log, stderr=log, start_new_session=True
+        )
         started.append(proc)
         return proc
 
@@ -87,15 +90,29 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., object]]:
 def _seed(database_url: str, count: int) -> None:
     engine = make_engine(database_url)
     with engine.begin() as conn:
-        conn.execute(insert(Member), [
-            {"external_id": f"P{i:06d}", "name": f"Member {i}", "email": f"p{i}@example.com",
-             "locale": "en_US", "tier": "gold", "points_balance": 900, "attributes": {}}
-            for i in range(count)
-        ])
+        conn.execute(
+            insert(Member),
+            [
+                {
+                    "external_id": f"P{i:06d}",
+                    "name": f"Member {i}",
+                    "email": f"p{i}@example.com",
+                    "locale": "en_US",
+                    "tier": "gold",
+                    "points_balance": 900,
+                    "attributes": {},
+                }
+                for i in range(count)
+            ],
+        )
         ids = conn.scalars(select(Member.id)).all()
-        conn.execute(insert(Consent), [
-            {"member_id": i, "channel": "email", "status": "opted_in", "source": "test"} for i in ids
-        ])
+        conn.execute(
+            insert(Consent),
+            [
+                {"member_id": i, "channel": "email", "status": "opted_in", "source": "test"}
+                for i in ids
+            ],
+        )
     engine.dispose()
 
 
@@ -149,7 +166,9 @@ def _campaign(database_url: str, tmp_path: Path) -> int:
     return created.run_id
 
 
-def test_a_broadcast_goes_out_through_real_workers_and_scheduler(database_url, env, procs, tmp_path):
+def test_a_broadcast_goes_out_through_real_workers_and_scheduler(
+    database_url, env, procs, tmp_path
+):
     """Campaign file -> scheduler -> Redis -> dramatiq workers -> outbox, each member once."""
     # Given 1,200 consented members and a broadcast due now
     _seed(database_url, 1200)
@@ -158,12 +177,16 @@ def test_a_broadcast_goes_out_through_real_workers_and_scheduler(database_url, e
     procs("scheduler", env)
     procs("workers", env)
     # Then the run completes with one sent row and one outbox line per member
-    _wait(lambda: _run_status(database_url, run_id) == RunStatus.COMPLETED, 90, "the run to complete")
+    _wait(
+        lambda: _run_status(database_url, run_id) == RunStatus.COMPLETED, 90, "the run to complete"
+    )
     assert _assert_once_each(database_url, tmp_path, 1200) == Counter({"sent": 1200})
 
 
-def test_sigkill_mid_batch_loses_nothing_and_sends_nothing_twice(database_url, env, procs, tmp_path):
-    """Killing every worker mid-batch, then restarting, leaves each member one line or one unknown row."""
+def test_sigkill_mid_batch_loses_nothing_and_sends_nothing_twice(
+    database_url, env, procs, tmp_path
+):
+    """SIGKILL of all workers mid-batch, then a restart: each member one line or one unknown row."""
     # Given 4,000 members and a broadcast being delivered
     _seed(database_url, 4000)
     run_id = _campaign(database_url, tmp_path)
@@ -178,14 +201,18 @@ def test_sigkill_mid_batch_loses_nothing_and_sends_nothing_twice(database_url, e
     # And new workers start
     procs("workers", env)
     # Then the run completes: nothing lost, nothing written twice
-    _wait(lambda: _run_status(database_url, run_id) == RunStatus.COMPLETED, 120, "the run to complete")
+    _wait(
+        lambda: _run_status(database_url, run_id) == RunStatus.COMPLETED, 120, "the run to complete"
+    )
     counts = _assert_once_each(database_url, tmp_path, 4000)
     assert counts["sent"] + counts["unknown"] == 4000
     print(f"killed after {written_at_kill} lines; ended with {dict(counts)}")
 
 
-def test_losing_redis_mid_run_is_repaired_by_the_sweeper(database_url, env, procs, tmp_path, redis_url, redis_namespace):
-    """Deleting every loyalcast key from Redis mid-run (queues, lock) still ends with each member sent once."""
+def test_losing_redis_mid_run_is_repaired_by_the_sweeper(
+    database_url, env, procs, tmp_path, redis_url, redis_namespace
+):
+    """Deleting all loyalcast keys from Redis mid-run: each member is still sent once."""
     # Given 3,000 members and a broadcast being delivered
     _seed(database_url, 3000)
     run_id = _campaign(database_url, tmp_path)
@@ -199,13 +226,17 @@ def test_losing_redis_mid_run_is_repaired_by_the_sweeper(database_url, env, proc
     client.delete(*keys)
     client.close()
     # Then the sweeper re-enqueues what was lost and the run completes, once per member
-    _wait(lambda: _run_status(database_url, run_id) == RunStatus.COMPLETED, 120, "the run to complete")
+    _wait(
+        lambda: _run_status(database_url, run_id) == RunStatus.COMPLETED, 120, "the run to complete"
+    )
     counts = _assert_once_each(database_url, tmp_path, 3000)
     assert counts["sent"] + counts["unknown"] == 3000
 
 
-def test_two_schedulers_fire_each_due_run_once(database_url, env, procs, tmp_path, redis_url, redis_namespace):
-    """With two scheduler processes (and no workers), each due run's plan job is enqueued once, also across a failover."""
+def test_two_schedulers_fire_each_due_run_once(
+    database_url, env, procs, tmp_path, redis_url, redis_namespace
+):
+    """Two scheduler processes enqueue each due run's plan job once, also across a failover."""
     # Given five campaigns due now and two schedulers
     _seed(database_url, 3)
     sessions = make_sessionmaker(make_engine(database_url))

@@ -114,7 +114,9 @@ def test_deliver_sends_on_first_consented_reachable_channel(database_url, tmp_pa
     # Given members reachable in different ways
     sessions = sessions_for(database_url)
     with sessions.begin() as s:
-        pushable = add_member(s, consents={"push": "opted_in", "email": "opted_in"}, push_token="tok-1").id
+        pushable = add_member(
+            s, consents={"push": "opted_in", "email": "opted_in"}, push_token="tok-1"
+        ).id
         email_only = add_member(s, consents={"push": "opted_in", "email": "opted_in"}).id
         sms_only = add_member(s, consents={"email": "opted_out", "sms": "opted_in"}).id
         nobody = add_member(s, consents={"sms": "opted_out"}, email=None).id
@@ -162,8 +164,15 @@ def test_expired_sending_lease_becomes_unknown_not_resent(database_url, tmp_path
     plan_run(rt, run_id)
     rows = _rows(sessions)
     with sessions.begin() as s:
-        s.execute(update(Delivery).where(Delivery.id == rows[0].id).values(
-            status=DeliveryStatus.SENDING, lease_until=utcnow() - timedelta(seconds=1), lease_owner="dead"))
+        s.execute(
+            update(Delivery)
+            .where(Delivery.id == rows[0].id)
+            .values(
+                status=DeliveryStatus.SENDING,
+                lease_until=utcnow() - timedelta(seconds=1),
+                lease_owner="dead",
+            )
+        )
     # When a deliver job names both rows
     deliver_batch(rt, [r.id for r in rows])
     # Then the ambiguous row is unknown and only the other one was sent
@@ -181,8 +190,13 @@ def test_on_ambiguous_resend_sends_an_expired_lease_again(database_url, tmp_path
     plan_run(rt, run_id)
     row = _rows(sessions)[0]
     with sessions.begin() as s:
-        s.execute(update(Delivery).values(status=DeliveryStatus.SENDING, attempts=1,
-                                          lease_until=utcnow() - timedelta(seconds=1)))
+        s.execute(
+            update(Delivery).values(
+                status=DeliveryStatus.SENDING,
+                attempts=1,
+                lease_until=utcnow() - timedelta(seconds=1),
+            )
+        )
     deliver_batch(rt, [row.id])
     after = _rows(sessions)[0]
     assert (after.status, after.attempts) == ("sent", 2)
@@ -195,8 +209,11 @@ def test_a_live_lease_is_left_alone(database_url, tmp_path):
     rt = runtime_for(database_url, tmp_path, channels=channels)
     plan_run(rt, run_id)
     with sessions.begin() as s:
-        s.execute(update(Delivery).values(status=DeliveryStatus.SENDING,
-                                          lease_until=utcnow() + timedelta(minutes=5)))
+        s.execute(
+            update(Delivery).values(
+                status=DeliveryStatus.SENDING, lease_until=utcnow() + timedelta(minutes=5)
+            )
+        )
     deliver_batch(rt, [r.id for r in _rows(sessions)])
     assert _rows(sessions)[0].status == "sending"
     assert channels["email"].calls == 0
@@ -206,7 +223,9 @@ def test_transient_errors_defer_until_retry_after_then_fail_when_exhausted(datab
     """A 429 defers the row by retry_after; after max_attempts it fails with the last error."""
     # Given a provider that always answers 429 with Retry-After: 30
     sessions, _ids, run_id = _planned(database_url, tmp_path, members=1, max_attempts=2)
-    channels = scripted_channels(lambda m: TransientDeliveryError("429 Too Many Requests", retry_after=30, code="20429"))
+    channels = scripted_channels(
+        lambda m: TransientDeliveryError("429 Too Many Requests", retry_after=30, code="20429")
+    )
     rt = runtime_for(database_url, tmp_path, channels=channels)
     plan_run(rt, run_id)
     row_id = _rows(sessions)[0].id
@@ -232,8 +251,10 @@ def test_transient_errors_defer_until_retry_after_then_fail_when_exhausted(datab
 def test_permanent_errors_fail_with_their_reason(database_url, tmp_path):
     """InvalidRecipient and PermanentDeliveryError end 'failed' with distinct reasons, once."""
     sessions, ids, run_id = _planned(database_url, tmp_path, members=2)
-    errors = {ids[0]: InvalidRecipient("not a mobile number", code="21614"),
-              ids[1]: PermanentDeliveryError("content rejected", code="30007")}
+    errors = {
+        ids[0]: InvalidRecipient("not a mobile number", code="21614"),
+        ids[1]: PermanentDeliveryError("content rejected", code="30007"),
+    }
     channels = scripted_channels(lambda m: errors[m.member_id])
     rt = runtime_for(database_url, tmp_path, channels=channels)
     plan_run(rt, run_id)
@@ -295,14 +316,33 @@ def test_sweep_requeues_lost_rows_and_expires_leases(database_url, tmp_path):
     old = utcnow() - timedelta(minutes=5)
     with sessions.begin() as s:
         s.execute(update(Delivery).values(enqueued_at=old))
-        s.execute(update(Delivery).where(Delivery.id == rows[1].id).values(
-            status=DeliveryStatus.SENDING, lease_until=utcnow() - timedelta(seconds=1)))
-        s.execute(update(Delivery).where(Delivery.id == rows[2].id).values(
-            status=DeliveryStatus.DEFERRED, not_before=utcnow() + timedelta(hours=1)))
-        s.execute(update(Delivery).where(Delivery.id == rows[3].id).values(
-            status=DeliveryStatus.DEFERRED, not_before=utcnow() - timedelta(seconds=1), enqueued_at=None))
-        stuck = CampaignRun(campaign_id=rows[0].campaign_id, campaign_version_id=rows[0].campaign_version_id,
-                            occurrence="stuck", due_at=old, status=RunStatus.PLANNING, claimed_at=old)
+        s.execute(
+            update(Delivery)
+            .where(Delivery.id == rows[1].id)
+            .values(status=DeliveryStatus.SENDING, lease_until=utcnow() - timedelta(seconds=1))
+        )
+        s.execute(
+            update(Delivery)
+            .where(Delivery.id == rows[2].id)
+            .values(status=DeliveryStatus.DEFERRED, not_before=utcnow() + timedelta(hours=1))
+        )
+        s.execute(
+            update(Delivery)
+            .where(Delivery.id == rows[3].id)
+            .values(
+                status=DeliveryStatus.DEFERRED,
+                not_before=utcnow() - timedelta(seconds=1),
+                enqueued_at=None,
+            )
+        )
+        stuck = CampaignRun(
+            campaign_id=rows[0].campaign_id,
+            campaign_version_id=rows[0].campaign_version_id,
+            occurrence="stuck",
+            due_at=old,
+            status=RunStatus.PLANNING,
+            claimed_at=old,
+        )
         s.add(stuck)
     # When the sweeper runs, and runs again at once
     first = sweep(rt)

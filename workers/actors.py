@@ -25,7 +25,7 @@ def declare_actors(broker: dramatiq.Broker, rt: Runtime) -> dict[str, Any]:
 
     def declare(spec: tuple[str, str], fn: Callable[..., Any], **options: Any) -> Any:
         name, queue = spec
-        return dramatiq.actor(fn, actor_name=name, queue_name=queue, broker=broker, **options)
+        return dramatiq.actor(actor_name=name, queue_name=queue, broker=broker, **options)(fn)
 
     def plan(run_id: int) -> None:
         plan_run(rt, run_id)

@@ -54,7 +54,7 @@ def make_broker(settings: Settings, redis_url: str | None = None, **kwargs: Any)
         Retries(min_backoff=1_000, max_backoff=60_000, retry_when=_retry_when),
         CurrentMessage(),
     ]
-    broker = RedisBroker(
+    broker = RedisBroker(  # type: ignore[no-untyped-call]  # dramatiq's brokers are untyped
         url=url,
         namespace=settings.queue_namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,

@@ -142,7 +142,9 @@ class CampaignSpec(BaseModel):
             raise ValueError("name at least one channel")
         for name in value:
             if name not in CHANNEL_NAMES:
-                raise ValueError(f"unknown channel {name!r}; choose from {', '.join(CHANNEL_NAMES)}")
+                raise ValueError(
+                    f"unknown channel {name!r}; choose from {', '.join(CHANNEL_NAMES)}"
+                )
             if name not in SENDABLE_CHANNELS:
                 raise ValueError(f"channel {name!r} is not supported in this version")
         if len(set(value)) != len(value):
@@ -176,7 +178,9 @@ def parse_campaign(text: str, source: str = "<campaign>") -> CampaignSpec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise CampaignFileError(source, [Problem("(file)", f"not valid YAML: {exc}", line)]) from None
+        raise CampaignFileError(
+            source, [Problem("(file)", f"not valid YAML: {exc}", line)]
+        ) from None
     if not isinstance(data, dict):
         raise CampaignFileError(source, [Problem("(file)", "must be a mapping of keys", 1)])
     problems: list[Problem] = []

@@ -67,13 +67,31 @@ def _synthetic_members(attributes: dict[str, Any]) -> list[Member]:
     """
     now = datetime.now(UTC)
     full = Member(
-        id=0, external_id="sample-full", name="Ada Lovelace", email="ada@example.com",
-        phone="+14155550100", locale="en_US", time_zone="America/New_York", tier="gold",
-        points_balance=1234, enrolled_at=now, purchases_count=3, attributes=dict(attributes),
+        id=0,
+        external_id="sample-full",
+        name="Ada Lovelace",
+        email="ada@example.com",
+        phone="+14155550100",
+        locale="en_US",
+        time_zone="America/New_York",
+        tier="gold",
+        points_balance=1234,
+        enrolled_at=now,
+        purchases_count=3,
+        attributes=dict(attributes),
     )
     empty = Member(
-        id=0, external_id="sample-empty", name=None, email=None, phone=None, locale="de_DE",
-        time_zone=None, tier=None, points_balance=0, enrolled_at=None, purchases_count=0,
+        id=0,
+        external_id="sample-empty",
+        name=None,
+        email=None,
+        phone=None,
+        locale="de_DE",
+        time_zone=None,
+        tier=None,
+        points_balance=0,
+        enrolled_at=None,
+        purchases_count=0,
         attributes=dict(attributes),
     )
     return [full, empty]
@@ -137,7 +155,10 @@ def create_campaign(
     with sessions() as session:
         samples = list(
             session.scalars(
-                select(Member).where(audience_filter(rule)).order_by(Member.id).limit(SAMPLE_MEMBERS)
+                select(Member)
+                .where(audience_filter(rule))
+                .order_by(Member.id)
+                .limit(SAMPLE_MEMBERS)
             )
         )
         session.expunge_all()
@@ -149,10 +170,14 @@ def create_campaign(
     due_at = spec.schedule.due_at() if spec.schedule else utcnow()
     occurrence = due_at.isoformat() if spec.schedule else "once"
     with sessions.begin() as session:
-        campaign = session.scalar(select(Campaign).where(Campaign.name == spec.name).with_for_update())
+        campaign = session.scalar(
+            select(Campaign).where(Campaign.name == spec.name).with_for_update()
+        )
         changed = True
         if campaign is None:
-            campaign = Campaign(name=spec.name, kind=spec.kind, category=spec.category, current_version=1)
+            campaign = Campaign(
+                name=spec.name, kind=spec.kind, category=spec.category, current_version=1
+            )
             session.add(campaign)
             session.flush()
         else:
@@ -171,7 +196,9 @@ def create_campaign(
             run_id = session.scalar(
                 select(func.max(CampaignRun.id)).where(CampaignRun.campaign_id == campaign.id)
             )
-            return CreatedCampaign(campaign.id, campaign.name, campaign.current_version, False, run_id, due_at)
+            return CreatedCampaign(
+                campaign.id, campaign.name, campaign.current_version, False, run_id, due_at
+            )
         version = CampaignVersion(
             campaign_id=campaign.id,
             version=campaign.current_version,
@@ -212,7 +239,9 @@ def create_campaign(
                 ["campaign_id", "occurrence"],
             ).returning(CampaignRun.id)
         )
-        return CreatedCampaign(campaign.id, campaign.name, campaign.current_version, True, run_id, due_at)
+        return CreatedCampaign(
+            campaign.id, campaign.name, campaign.current_version, True, run_id, due_at
+        )
 
 
 @dataclass(frozen=True)
@@ -249,7 +278,9 @@ def campaign_status(sessions: sessionmaker[Session], name: str) -> CampaignStatu
                 "planned": run.planned_count,
             }
             for run in session.scalars(
-                select(CampaignRun).where(CampaignRun.campaign_id == campaign.id).order_by(CampaignRun.id)
+                select(CampaignRun)
+                .where(CampaignRun.campaign_id == campaign.id)
+                .order_by(CampaignRun.id)
             )
         ]
         counts = [
@@ -261,5 +292,6 @@ def campaign_status(sessions: sessionmaker[Session], name: str) -> CampaignStatu
                 .order_by(Delivery.status, Delivery.reason)
             ).all()
         ]
-        return CampaignStatusReport(campaign.name, campaign.status, campaign.current_version, runs, counts)
-
+        return CampaignStatusReport(
+            campaign.name, campaign.status, campaign.current_version, runs, counts
+        )

@@ -26,13 +26,13 @@ from __future__ import annotations
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from channels import DeliveryError, Message, Outcome, Receipt, TransientDeliveryError
@@ -52,6 +52,7 @@ from templates import TemplateError
 
 from .context import member_context
 from .jobs import chunked, enqueue_deliver
+from .leases import expire_leases
 from .policy import Skip, route
 from .runtime import Runtime
 
@@ -64,7 +65,7 @@ OPEN = (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)
 #: wait in the store for the sweeper (the broker never holds work for hours).
 MAX_BROKER_DELAY = timedelta(minutes=10)
 
-_table = Delivery.__table__
+_table = cast(Table, Delivery.__table__)
 
 
 @dataclass
@@ -90,7 +91,7 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
     result = DeliverResult()
     now = utcnow()
     with rt.sessions.begin() as session:
-        result.add("ambiguous", _resolve_expired_leases(session, delivery_ids, now))
+        result.add("ambiguous", expire_leases(session, now, delivery_ids))
         rows = list(
             session.scalars(
                 select(Delivery).where(
@@ -103,7 +104,9 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
         if not rows:
             return result
         member_ids = {row.member_id for row in rows}
-        members = {m.id: m for m in session.scalars(select(Member).where(Member.id.in_(member_ids)))}
+        members = {
+            m.id: m for m in session.scalars(select(Member).where(Member.id.in_(member_ids)))
+        }
         consents: dict[int, dict[str, Consent]] = defaultdict(dict)
         for consent in session.scalars(select(Consent).where(Consent.member_id.in_(member_ids))):
             consents[consent.member_id][consent.channel] = consent
@@ -127,17 +130,23 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
     for row in rows:
         member = members.get(row.member_id)
         if campaign_status.get(row.campaign_id) == CampaignStatus.CANCELLED:
-            closed.append(_closed(row.id, DeliveryStatus.SUPPRESSED, "cancelled", "campaign cancelled"))
+            closed.append(
+                _closed(row.id, DeliveryStatus.SUPPRESSED, "cancelled", "campaign cancelled")
+            )
             continue
         if member is None or member.deleted_at is not None:
-            closed.append(_closed(row.id, DeliveryStatus.SUPPRESSED, "member_deleted", "member deleted"))
+            closed.append(
+                _closed(row.id, DeliveryStatus.SUPPRESSED, "member_deleted", "member deleted")
+            )
             continue
         version = rt.version(row.campaign_version_id)
         decision = route(
             member, consents[member.id], tokens[member.id], row.channels.split(","), row.category
         )
         if isinstance(decision, Skip):
-            closed.append(_closed(row.id, DeliveryStatus.SUPPRESSED, decision.reason, decision.detail))
+            closed.append(
+                _closed(row.id, DeliveryStatus.SUPPRESSED, decision.reason, decision.detail)
+            )
             continue
         context = member_context(member, version, rt.settings.default_time_zone)
         try:
@@ -170,7 +179,7 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
     max_attempts = {row.id: rt.version(row.campaign_version_id).spec.max_attempts for row in rows}
     for channel_name, messages in sendable.items():
         channel = rt.channels[channel_name]
-        for chunk in chunked(iter(messages), channel.max_batch):
+        for chunk in chunked(messages, channel.max_batch):
             _send_chunk(rt, channel_name, chunk, max_attempts, result)
 
     _complete_runs(rt, {row.run_id for row in rows if row.run_id is not None})
@@ -198,27 +207,6 @@ def _write_closed(session: Session, entries: list[dict[str, Any]]) -> None:
         ),
         entries,
     )
-
-
-def _resolve_expired_leases(session: Session, ids: Iterable[int], now: Any) -> int:
-    """Turn rows whose ``sending`` lease expired into ``unknown`` (or ``pending`` to resend)."""
-    expired = (Delivery.id.in_(list(ids)), Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now)
-    unknown = session.execute(
-        update(Delivery)
-        .where(*expired, Delivery.resend_on_ambiguous.is_(False))
-        .values(
-            status=DeliveryStatus.UNKNOWN,
-            reason="lease_expired",
-            detail="the worker sending it stopped before recording the outcome",
-            updated_at=now,
-        )
-    )
-    resend = session.execute(
-        update(Delivery)
-        .where(*expired, Delivery.resend_on_ambiguous.is_(True))
-        .values(status=DeliveryStatus.PENDING, lease_until=None, lease_owner=None, updated_at=now)
-    )
-    return int(unknown.rowcount or 0) + int(resend.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _send_chunk(
@@ -281,7 +269,9 @@ def _record(
     for message, outcome in zip(messages, outcomes, strict=True):
         did = message.delivery_id
         if isinstance(outcome, Receipt):
-            sent.append({"b_id": did, "b_pid": outcome.provider_message_id, "b_at": outcome.accepted_at})
+            sent.append(
+                {"b_id": did, "b_pid": outcome.provider_message_id, "b_at": outcome.accepted_at}
+            )
         elif isinstance(outcome, TransientDeliveryError) and attempts[did] < max_attempts[did]:
             delay = retry_delay(attempts[did], outcome.retry_after)
             soon = delay <= MAX_BROKER_DELAY
@@ -296,7 +286,11 @@ def _record(
             if soon:
                 retry_soon[int(delay.total_seconds() * 1000)].append(did)
         elif isinstance(outcome, DeliveryError):
-            reason = "retries_exhausted" if isinstance(outcome, TransientDeliveryError) else outcome.reason
+            reason = (
+                "retries_exhausted"
+                if isinstance(outcome, TransientDeliveryError)
+                else outcome.reason
+            )
             failed.append({"b_id": did, "b_reason": reason, "b_detail": str(outcome)})
     guard = (_table.c.id == bindparam("b_id"), _table.c.lease_owner == owner)
     with rt.sessions.begin() as session:

@@ -7,7 +7,8 @@ ids only: the store holds everything else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import dramatiq
 
@@ -16,6 +17,7 @@ __all__ = [
     "PLAN",
     "QUEUES",
     "SWEEP",
+    "chunked",
     "enqueue_deliver",
     "enqueue_plan",
     "enqueue_sweep",
@@ -27,8 +29,12 @@ SWEEP = ("sweep", "maintenance")
 #: Every queue a worker consumes.
 QUEUES = ("plan", "deliver", "maintenance")
 
+T = TypeVar("T")
 
-def _message(actor: tuple[str, str], args: tuple[object, ...], **options: object) -> dramatiq.Message:  # type: ignore[type-arg]
+
+def _message(
+    actor: tuple[str, str], args: tuple[object, ...], **options: object
+) -> dramatiq.Message:  # type: ignore[type-arg]
     name, queue = actor
     return dramatiq.Message(
         queue_name=queue, actor_name=name, args=args, kwargs={}, options=dict(options)
@@ -53,10 +59,10 @@ def enqueue_sweep(broker: dramatiq.Broker, *, max_age_ms: int) -> None:
     broker.enqueue(_message(SWEEP, (), max_age=max_age_ms))
 
 
-def chunked(ids: Iterable[int], size: int) -> Iterable[list[int]]:
-    """Split ``ids`` into lists of at most ``size``."""
-    chunk: list[int] = []
-    for i in ids:
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Split ``items`` into lists of at most ``size``."""
+    chunk: list[T] = []
+    for i in items:
         chunk.append(i)
         if len(chunk) >= size:
             yield chunk

@@ -12,7 +12,7 @@ from .runtime import Runtime
 __all__ = ["RuntimeLifecycle"]
 
 
-class RuntimeLifecycle(Middleware):  # type: ignore[misc]
+class RuntimeLifecycle(Middleware):
     """Binds the message to the log context and closes the runtime at shutdown."""
 
     def __init__(self, runtime: Runtime) -> None:

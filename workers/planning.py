@@ -20,6 +20,7 @@ decided by the deliver job, just before sending (DESIGN.md §4).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from sqlalchemy import func, select, update
@@ -114,7 +115,7 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
                 "created_at": now,
                 "updated_at": now,
             }
-            rows = []
+            rows: list[dict[str, Any]] = []
             for member_id in ids:
                 if per_channel:
                     rows.extend(

@@ -121,4 +121,3 @@ class Runtime:
                 self._engine.dispose()
                 self._engine = None
                 self._sessions = None
-

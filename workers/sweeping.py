@@ -23,9 +23,10 @@ from datetime import timedelta
 import structlog
 from sqlalchemy import exists, or_, select, update
 
-from store import CampaignRun, Delivery, DeliveryStatus, RunStatus, utcnow
+from store import CampaignRun, Delivery, DeliveryStatus, RunStatus, affected_rows, utcnow
 
 from .jobs import chunked, enqueue_deliver, enqueue_plan
+from .leases import expire_leases
 from .runtime import Runtime
 
 __all__ = ["SWEEP_LIMIT", "SweepResult", "sweep"]
@@ -52,22 +53,7 @@ def sweep(rt: Runtime) -> SweepResult:
     now = utcnow()
     stale = now - timedelta(seconds=rt.settings.lease_seconds)
     with rt.sessions.begin() as session:
-        expired = (Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now)
-        unknown = session.execute(
-            update(Delivery)
-            .where(*expired, Delivery.resend_on_ambiguous.is_(False))
-            .values(
-                status=DeliveryStatus.UNKNOWN,
-                reason="lease_expired",
-                detail="the worker sending it stopped before recording the outcome",
-                updated_at=now,
-            )
-        ).rowcount
-        resend = session.execute(
-            update(Delivery)
-            .where(*expired, Delivery.resend_on_ambiguous.is_(True))
-            .values(status=DeliveryStatus.PENDING, lease_owner=None, enqueued_at=None, updated_at=now)
-        ).rowcount
+        expired = expire_leases(session, now)
 
     with rt.sessions.begin() as session:
         due = list(
@@ -106,17 +92,19 @@ def sweep(rt: Runtime) -> SweepResult:
 
     open_statuses = [s for s in DeliveryStatus if s.is_open]
     with rt.sessions.begin() as session:
-        completed = session.execute(
-            update(CampaignRun)
-            .where(
-                CampaignRun.status == RunStatus.PLANNED,
-                ~exists().where(
-                    Delivery.run_id == CampaignRun.id, Delivery.status.in_(open_statuses)
-                ),
+        completed = affected_rows(
+            session.execute(
+                update(CampaignRun)
+                .where(
+                    CampaignRun.status == RunStatus.PLANNED,
+                    ~exists().where(
+                        Delivery.run_id == CampaignRun.id, Delivery.status.in_(open_statuses)
+                    ),
+                )
+                .values(status=RunStatus.COMPLETED, completed_at=now)
             )
-            .values(status=RunStatus.COMPLETED, completed_at=now)
-        ).rowcount
-    result = SweepResult(int(unknown + resend), len(due), len(stuck), int(completed))
+        )
+    result = SweepResult(expired, len(due), len(stuck), completed)
     if any((result.expired_leases, result.requeued, result.replanned, result.completed_runs)):
         log.info("swept", **result.__dict__)
     return result

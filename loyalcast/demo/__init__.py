@@ -71,14 +71,20 @@ def run_demo(
         sessions = make_sessionmaker(engine)
         with _progress(console) as progress:
             task = progress.add_task("seeding members", total=members)
-            seed_members(engine, members, seed=seed, progress=lambda n: progress.update(task, completed=n))
+            seed_members(
+                engine, members, seed=seed, progress=lambda n: progress.update(task, completed=n)
+            )
         created = create_campaign(sessions, CAMPAIGN_FILE)
         console.print(f"campaign [bold]{created.name}[/] created, run {created.run_id} due now")
         console.print(f"database: {s.effective_database_url}")
         with Embedded(s, log_file=s.data_dir / "workers.log") as embedded:
-            console.print(f"private Redis: {embedded.redis_url}; workers pid {embedded.workers.pid}"  # type: ignore[union-attr]
-                          f" (log: {s.data_dir / 'workers.log'})")
-            finished = _watch(s, sessions, embedded.redis_url, created.run_id or 0, timeout, console)
+            console.print(
+                f"private Redis: {embedded.redis_url}; workers pid {embedded.workers.pid}"  # type: ignore[union-attr]
+                f" (log: {s.data_dir / 'workers.log'})"
+            )
+            finished = _watch(
+                s, sessions, embedded.redis_url, created.run_id or 0, timeout, console
+            )
         engine.dispose()
         if not finished:
             console.print(f"[red]the run did not complete within {timeout:.0f} s[/]")
@@ -93,13 +99,18 @@ def run_demo(
 
 def _progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
 
 
-def _watch(s: Settings, sessions: Any, redis_url: str, run_id: int, timeout: float,
-           console: Console) -> bool:
+def _watch(
+    s: Settings, sessions: Any, redis_url: str, run_id: int, timeout: float, console: Console
+) -> bool:
     broker = make_broker(s, redis_url)
     client = redis.Redis.from_url(redis_url)
     service = SchedulerService(s, sessions, broker, client)
@@ -113,13 +124,20 @@ def _watch(s: Settings, sessions: Any, redis_url: str, run_id: int, timeout: flo
             while time.monotonic() < deadline:
                 with sessions() as session:
                     run = session.get(CampaignRun, run_id)
-                    done = session.scalar(
-                        select(func.count()).where(Delivery.run_id == run_id, Delivery.status.in_(final))
-                    ) or 0
+                    done = (
+                        session.scalar(
+                            select(func.count()).where(
+                                Delivery.run_id == run_id, Delivery.status.in_(final)
+                            )
+                        )
+                        or 0
+                    )
                 status = run.status if run else "missing"
                 planned = run.planned_count if run else 0
                 total = planned if status in (RunStatus.PLANNED, RunStatus.COMPLETED) else None
-                progress.update(task, completed=done, total=total, description=f"run {run_id}: {status}")
+                progress.update(
+                    task, completed=done, total=total, description=f"run {run_id}: {status}"
+                )
                 if status == RunStatus.COMPLETED:
                     return True
                 time.sleep(0.25)

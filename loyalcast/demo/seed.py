@@ -13,17 +13,59 @@ from store import Consent, ConsentEvent, Member, PointLot, PushToken
 
 __all__ = ["seed_members"]
 
-FIRST = ["Ada", "Grace", "Alan", "Maya", "Noor", "Lena", "Kenji", "Sofia", "Omar", "Chloé",
-         "Mateo", "Ingrid", "Ravi", "Zoe", "Tomás", "Amara", "Felix", "Yuki", "Jonas", "Priya"]
-LAST = ["Lovelace", "Hopper", "Turing", "Okafor", "Haddad", "Schmidt", "Tanaka", "Rossi",
-        "Farouk", "Dubois", "García", "Larsen", "Iyer", "Nguyen", "Silva", "Mensah", "Weber"]
+FIRST = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Maya",
+    "Noor",
+    "Lena",
+    "Kenji",
+    "Sofia",
+    "Omar",
+    "Chloé",
+    "Mateo",
+    "Ingrid",
+    "Ravi",
+    "Zoe",
+    "Tomás",
+    "Amara",
+    "Felix",
+    "Yuki",
+    "Jonas",
+    "Priya",
+]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Okafor",
+    "Haddad",
+    "Schmidt",
+    "Tanaka",
+    "Rossi",
+    "Farouk",
+    "Dubois",
+    "García",
+    "Larsen",
+    "Iyer",
+    "Nguyen",
+    "Silva",
+    "Mensah",
+    "Weber",
+]
 #: (time zone, locale, country, phone country code)
 PLACES = [
-    ("America/New_York", "en_US", "US", "1"), ("America/Chicago", "en_US", "US", "1"),
-    ("America/Los_Angeles", "en_US", "US", "1"), ("America/Sao_Paulo", "pt_BR", "BR", "55"),
-    ("Europe/London", "en_GB", "GB", "44"), ("Europe/Berlin", "de_DE", "DE", "49"),
-    ("Europe/Paris", "fr_FR", "FR", "33"), ("Asia/Tokyo", "ja_JP", "JP", "81"),
-    ("Asia/Kolkata", "en_IN", "IN", "91"), ("Australia/Sydney", "en_AU", "AU", "61"),
+    ("America/New_York", "en_US", "US", "1"),
+    ("America/Chicago", "en_US", "US", "1"),
+    ("America/Los_Angeles", "en_US", "US", "1"),
+    ("America/Sao_Paulo", "pt_BR", "BR", "55"),
+    ("Europe/London", "en_GB", "GB", "44"),
+    ("Europe/Berlin", "de_DE", "DE", "49"),
+    ("Europe/Paris", "fr_FR", "FR", "33"),
+    ("Asia/Tokyo", "ja_JP", "JP", "81"),
+    ("Asia/Kolkata", "en_IN", "IN", "91"),
+    ("Australia/Sydney", "en_AU", "AU", "61"),
 ]
 TIERS = [("basic", 45), ("silver", 30), ("gold", 18), ("platinum", 7)]
 CHUNK = 1000
@@ -41,7 +83,8 @@ def _member(rng: random.Random, i: int, now: datetime) -> dict[str, Any]:
         "name": f"{first} {last}",
         "email": f"{handle}@example.com" if rng.random() < 0.95 else None,
         "phone": f"+{code}{rng.randint(200, 989)}{rng.randint(1000000, 9999999)}"
-        if rng.random() < 0.9 else None,
+        if rng.random() < 0.9
+        else None,
         "locale": locale,
         "time_zone": zone,
         "tier": tier,
@@ -67,21 +110,52 @@ def seed_members(
         for i in range(start, min(start + CHUNK, count + 1)):
             member = _member(rng, i, now)
             members.append(member)
-            for channel, p_in, p_out in (("email", 0.8, 0.05), ("sms", 0.55, 0.08), ("push", 0.6, 0.02)):
+            for channel, p_in, p_out in (
+                ("email", 0.8, 0.05),
+                ("sms", 0.55, 0.08),
+                ("push", 0.6, 0.02),
+            ):
                 roll = rng.random()
                 status = "opted_in" if roll < p_in else "opted_out" if roll < p_in + p_out else None
                 if status:
-                    consents.append({"member_id": i, "channel": channel, "status": status,
-                                     "source": "signup", "updated_at": member["enrolled_at"]})
-                    events.append({"member_id": i, "channel": channel, "status": status,
-                                   "source": "signup", "occurred_at": member["enrolled_at"]})
+                    consents.append(
+                        {
+                            "member_id": i,
+                            "channel": channel,
+                            "status": status,
+                            "source": "signup",
+                            "updated_at": member["enrolled_at"],
+                        }
+                    )
+                    events.append(
+                        {
+                            "member_id": i,
+                            "channel": channel,
+                            "status": status,
+                            "source": "signup",
+                            "occurred_at": member["enrolled_at"],
+                        }
+                    )
             if rng.random() < 0.4:
-                tokens.append({"member_id": i, "kind": "fcm", "created_at": now,
-                               "token": f"fcm-demo-{i}-{rng.getrandbits(64):016x}"})
+                tokens.append(
+                    {
+                        "member_id": i,
+                        "kind": "fcm",
+                        "created_at": now,
+                        "token": f"fcm-demo-{i}-{rng.getrandbits(64):016x}",
+                    }
+                )
             for _ in range(rng.randint(1, 4)):
                 earned = now - timedelta(days=rng.randint(0, 330))
-                lots.append({"member_id": i, "points": rng.randint(20, 400), "redeemed": 0,
-                             "earned_at": earned, "expires_at": earned + timedelta(days=365)})
+                lots.append(
+                    {
+                        "member_id": i,
+                        "points": rng.randint(20, 400),
+                        "redeemed": 0,
+                        "earned_at": earned,
+                        "expires_at": earned + timedelta(days=365),
+                    }
+                )
         with engine.begin() as conn:
             conn.execute(insert(Member), members)
             if consents:

@@ -1,0 +1,164 @@
+"""The ``loyalcast`` command as a user runs it: real processes, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import func, select
+
+from segments import audience_filter, parse_rule
+from store import Delivery, Member, make_engine
+
+from .support import write_campaign
+
+LOYALCAST = str(Path(sys.executable).parent / "loyalcast")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
+    env.update({"LOYALCAST_DATA_DIR": str(tmp_path / "data"), "LOYALCAST_LOG_LEVEL": "WARNING"})
+    env.update(extra)
+    return env
+
+
+def _run(
+    tmp_path: Path, *args: str, timeout: float = 120, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LOYALCAST, *args],
+        cwd=tmp_path,
+        env=_env(tmp_path, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _leftovers(marker: str) -> list[str]:
+    """Processes whose command line or environment mentions ``marker``."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            environ = proc.environ() if marker not in cmdline else {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if marker in cmdline or any(marker in v for v in environ.values()):
+            found.append(f"{proc.info['pid']}: {cmdline}")
+    return found
+
+
+@pytest.mark.slow
+def test_demo_sends_every_eligible_member_once_and_leaves_no_process(tmp_path: Path):
+    """The demo sends each eligible member one message (row and outbox line), then stops all."""
+    # When the demo runs with no configuration at all
+    result = _run(tmp_path, "demo", "--members", "400", timeout=300)
+    # Then it succeeds and says where the outbox is
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo complete" in result.stdout
+    demo = tmp_path / "data" / "demo"
+    # And every member of the segment has exactly one delivery row
+    engine = make_engine(f"sqlite:///{demo / 'loyalcast.db'}")
+    rule = parse_rule(
+        {
+            "all": [
+                {"field": "tier", "op": "in", "value": ["silver", "gold", "platinum"]},
+                {"field": "points_balance", "op": ">=", "value": 500},
+            ]
+        }
+    )
+    with engine.connect() as conn:
+        audience = set(conn.scalars(select(Member.id).where(audience_filter(rule))))
+        rows = conn.execute(select(Delivery.id, Delivery.member_id, Delivery.status)).all()
+        per_status = dict(
+            conn.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
+        )
+    engine.dispose()
+    assert sorted(m for _, m, _ in rows) == sorted(audience)
+    assert set(per_status) <= {"sent", "suppressed"}
+    # And the outbox holds one line per sent row, none twice
+    lines = [
+        json.loads(line)
+        for path in (demo / "outbox").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert sorted(line["delivery_id"] for line in lines) == sorted(
+        i for i, _, s in rows if s == "sent"
+    )
+    # And no redis-server or worker it started is still running
+    socket = re.search(r"unix://(\S+)", result.stdout)
+    assert socket is not None
+    assert _leftovers(socket.group(1)) == []
+    assert _leftovers(str(demo)) == []
+
+
+@pytest.mark.slow
+def test_demo_interrupted_stops_everything(tmp_path: Path):
+    """Ctrl-C in the middle of the demo stops its workers and its private Redis."""
+    proc = subprocess.Popen(
+        [LOYALCAST, "demo", "--members", "20000"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    demo = str(tmp_path / "data" / "demo")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any("workers.main" in c for c in _leftovers(demo)):
+        time.sleep(0.2)
+    assert any("workers.main" in c for c in _leftovers(demo)), "the demo never started its workers"
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert "interrupted" in output
+    assert proc.returncode != 0
+    time.sleep(0.5)
+    assert _leftovers(demo) == []
+    assert [p for p in _leftovers("lc-redis-") if str(proc.pid) in p] == []
+
+
+def test_a_malformed_setting_stops_the_command_naming_the_variable(tmp_path: Path):
+    """A bad environment variable: exit code 2 and a message naming it."""
+    result = _run(tmp_path, "db", "upgrade", LOYALCAST_BATCH_SIZE="many")
+    assert result.returncode == 2
+    assert "LOYALCAST_BATCH_SIZE" in result.stderr
+
+
+def test_worker_without_a_shared_redis_explains_itself(tmp_path: Path):
+    """`loyalcast worker` with no LOYALCAST_REDIS_URL says why and what to do instead."""
+    result = _run(tmp_path, "worker")
+    assert result.returncode == 2
+    assert "LOYALCAST_REDIS_URL is not set" in result.stderr
+    assert "loyalcast run" in result.stderr
+
+
+def test_campaigns_create_refuses_a_bad_file_naming_line_and_key(tmp_path: Path):
+    """A typo in an operator is refused naming file, line and key; nothing is stored."""
+    path = write_campaign(tmp_path, segment='{all: [{field: tier, op: "=>", value: gold}]}')
+    result = _run(tmp_path, "campaigns", "create", str(path))
+    assert result.returncode == 1
+    assert f"{path}, line 4, segment.all[0].op: unknown operator" in " ".join(result.stderr.split())
+    status = _run(tmp_path, "campaigns", "status", "test-broadcast")
+    assert status.returncode == 1
+    assert "no campaign named 'test-broadcast'" in status.stderr
+
+
+def test_campaigns_create_then_status(tmp_path: Path):
+    """A good file is created with its run, and status lists the run."""
+    path = write_campaign(tmp_path)
+    created = _run(tmp_path, "campaigns", "create", str(path))
+    assert created.returncode == 0, created.stderr
+    assert "campaign test-broadcast created (version 1); run 1 due" in created.stdout
+    status = _run(tmp_path, "campaigns", "status", "test-broadcast")
+    assert status.returncode == 0, status.stderr
+    assert "scheduled" in status.stdout
