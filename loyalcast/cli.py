@@ -66,12 +66,10 @@ def _sessions(settings: Settings, upgrade: bool = True) -> Any:
 
 def print_channels(settings: Settings) -> None:
     """Say which channels are live and which write to the outbox."""
-    from workers import build_channels
+    from loyalcast.embedded import channel_lines
 
-    for name, channel in build_channels(settings).items():
-        mode = "live" if channel.live else f"outbox ({settings.effective_outbox_dir / name}.jsonl)"
-        console.print(f"  channel [bold]{name}[/]: {mode}")
-        channel.close()
+    for line in channel_lines(settings):
+        console.print(f"  {line}", markup=False)
 
 
 @app.command("settings")

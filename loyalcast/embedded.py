@@ -15,7 +15,19 @@ from types import TracebackType
 from loyalcast.processes import PrivateRedis, WorkerGroup
 from loyalcast.settings import Settings
 
-__all__ = ["Embedded", "child_env"]
+__all__ = ["Embedded", "channel_lines", "child_env"]
+
+
+def channel_lines(settings: Settings) -> list[str]:
+    """One line per channel saying whether it is live or writes to the outbox (and where)."""
+    from workers import build_channels
+
+    lines = []
+    for name, channel in build_channels(settings).items():
+        mode = "live" if channel.live else f"outbox ({settings.effective_outbox_dir / name}.jsonl)"
+        lines.append(f"channel {name}: {mode}")
+        channel.close()
+    return lines
 
 
 def child_env(settings: Settings, redis_url: str) -> dict[str, str]:

@@ -260,7 +260,9 @@ class ConsentEvent(Base):
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
-    source: Mapped[str] = mapped_column(String(64), doc="import, api, sms-keyword, unsubscribe, ...")
+    source: Mapped[str] = mapped_column(
+        String(64), doc="import, api, sms-keyword, unsubscribe, ..."
+    )
     detail: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

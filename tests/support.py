@@ -31,46 +31,89 @@ max_attempts: {max_attempts}
 """
 
 
-def add_member(session: Session, *, consents: dict[str, str] | None = None,
-               push_token: str | None = None, **fields: Any) -> Member:
+def add_member(
+    session: Session,
+    *,
+    consents: dict[str, str] | None = None,
+    push_token: str | None = None,
+    **fields: Any,
+) -> Member:
     """A member with sensible defaults; ``consents`` maps channel -> opted_in/opted_out."""
     n = next(_ids)
     values: dict[str, Any] = {
-        "external_id": f"T{n:06d}", "name": f"Member {n}", "email": f"m{n}@example.com",
-        "phone": f"+1415555{n:04d}", "locale": "en_US", "time_zone": "America/New_York",
-        "tier": "gold", "points_balance": 1000, "attributes": {},
+        "external_id": f"T{n:06d}",
+        "name": f"Member {n}",
+        "email": f"m{n}@example.com",
+        "phone": f"+1415555{n:04d}",
+        "locale": "en_US",
+        "time_zone": "America/New_York",
+        "tier": "gold",
+        "points_balance": 1000,
+        "attributes": {},
     }
     values.update(fields)
     member = Member(**values)
     session.add(member)
     session.flush()
     for channel, status in (consents if consents is not None else {"email": "opted_in"}).items():
-        session.add(Consent(member_id=member.id, channel=channel, status=status, source="test",
-                            updated_at=datetime(2026, 11, 2, tzinfo=UTC)))
+        session.add(
+            Consent(
+                member_id=member.id,
+                channel=channel,
+                status=status,
+                source="test",
+                updated_at=datetime(2026, 11, 2, tzinfo=UTC),
+            )
+        )
     if push_token:
         session.add(PushToken(member_id=member.id, kind="fcm", token=push_token))
     return member
 
 
-def write_campaign(tmp_path: Path, *, name: str = "test-broadcast", category: str = "marketing",
-                   segment: str = "{all: [{field: tier, op: in, value: [gold]}]}",
-                   channels: str = "[push, email, sms]", on_ambiguous: str = "skip",
-                   max_attempts: int = 3, extra: str = "") -> Path:
+def write_campaign(
+    tmp_path: Path,
+    *,
+    name: str = "test-broadcast",
+    category: str = "marketing",
+    segment: str = "{all: [{field: tier, op: in, value: [gold]}]}",
+    channels: str = "[push, email, sms]",
+    on_ambiguous: str = "skip",
+    max_attempts: int = 3,
+    extra: str = "",
+) -> Path:
     """A broadcast campaign file in ``tmp_path``."""
     path = tmp_path / f"{name}.yaml"
-    path.write_text(BROADCAST.format(name=name, category=category, segment=segment,
-                                     channels=channels, on_ambiguous=on_ambiguous,
-                                     max_attempts=max_attempts) + textwrap.dedent(extra))
+    path.write_text(
+        BROADCAST.format(
+            name=name,
+            category=category,
+            segment=segment,
+            channels=channels,
+            on_ambiguous=on_ambiguous,
+            max_attempts=max_attempts,
+        )
+        + textwrap.dedent(extra)
+    )
     return path
 
 
 def settings_for(database_url: str, tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url,
-                    outbox_dir=tmp_path / "outbox", **overrides)
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        outbox_dir=tmp_path / "outbox",
+        **overrides,
+    )
 
 
-def runtime_for(database_url: str, tmp_path: Path, *, broker: Any = None,
-                channels: dict[str, Any] | None = None, **overrides: Any) -> Runtime:
+def runtime_for(
+    database_url: str,
+    tmp_path: Path,
+    *,
+    broker: Any = None,
+    channels: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Runtime:
     return Runtime(settings_for(database_url, tmp_path, **overrides), broker, channels)
 
 
@@ -92,7 +135,9 @@ class ScriptedChannel(BatchChannel):
     live = False
     max_batch = 10
 
-    def __init__(self, name: str, script: Callable[[Message], DeliveryError | None] | None = None) -> None:
+    def __init__(
+        self, name: str, script: Callable[[Message], DeliveryError | None] | None = None
+    ) -> None:
         self.name = name
         self.script = script or (lambda _m: None)
         self.sent: list[Message] = []
@@ -104,10 +149,13 @@ class ScriptedChannel(BatchChannel):
         if error is not None:
             raise error
         self.sent.append(message)
-        return Receipt(provider_message_id=f"scripted-{message.delivery_id}",
-                       accepted_at=datetime.now(UTC))
+        return Receipt(
+            provider_message_id=f"scripted-{message.delivery_id}", accepted_at=datetime.now(UTC)
+        )
 
 
-def scripted_channels(script: Callable[[Message], DeliveryError | None] | None = None,
-                      names: Sequence[str] = ("sms", "email", "push")) -> dict[str, Any]:
+def scripted_channels(
+    script: Callable[[Message], DeliveryError | None] | None = None,
+    names: Sequence[str] = ("sms", "email", "push"),
+) -> dict[str, Any]:
     return {name: ScriptedChannel(name, script) for name in names}

@@ -162,3 +162,35 @@ def test_campaigns_create_then_status(tmp_path: Path):
     status = _run(tmp_path, "campaigns", "status", "test-broadcast")
     assert status.returncode == 0, status.stderr
     assert "scheduled" in status.stdout
+
+
+def test_members_import_reports_bad_rows_and_writes_nothing_by_default(tmp_path: Path):
+    """A bad phone on line 3 is named with its field; all-or-nothing writes nothing."""
+    # Given a CSV whose second member has an impossible phone number
+    path = tmp_path / "members.csv"
+    path.write_text(
+        "external_id,name,email,phone,consent_email\n"
+        "A1,Ada Lovelace,ada@example.com,(415) 555-0100,yes\n"
+        "A2,Alan Turing,alan@example.com,555-12,yes\n"
+    )
+    # When it is imported
+    result = _run(tmp_path, "members", "import", str(path))
+    # Then the error names line and field, and the database holds no member
+    assert result.returncode == 1
+    assert "members.csv, line 3, field phone:" in result.stderr
+    assert "nothing was written" in result.stderr
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'loyalcast.db'}")
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Member)) == 0
+    engine.dispose()
+    # When the bad rows are skipped instead
+    skipped = _run(tmp_path, "members", "import", "--skip-bad", str(path))
+    # Then the good row is in, stored in E.164, and the bad one is still reported
+    assert skipped.returncode == 1
+    assert "1 inserted" in skipped.stdout
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'loyalcast.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(select(Member.external_id, Member.phone)).all() == [
+            ("A1", "+14155550100")
+        ]
+    engine.dispose()

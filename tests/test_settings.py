@@ -64,3 +64,10 @@ def test_passwords_are_redacted_from_urls():
         == "postgresql+psycopg://app:***@db:5432/x"
     )
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_the_readme_documents_every_variable():
+    """The README's configuration table names every variable Settings reads."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [env for env, _, _ in Settings.documented() if f"| `{env}` |" not in readme]
+    assert missing == []

@@ -25,7 +25,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from channels import read_outbox
-from loyalcast.embedded import Embedded
+from loyalcast.embedded import Embedded, channel_lines
 from loyalcast.settings import Settings
 from scheduler import SchedulerService
 from store import CampaignRun, Delivery, DeliveryStatus, RunStatus, make_engine, make_sessionmaker
@@ -77,6 +77,8 @@ def run_demo(
         created = create_campaign(sessions, CAMPAIGN_FILE)
         console.print(f"campaign [bold]{created.name}[/] created, run {created.run_id} due now")
         console.print(f"database: {s.effective_database_url}")
+        for line in channel_lines(s):
+            console.print(f"  {line}", markup=False)
         with Embedded(s, log_file=s.data_dir / "workers.log") as embedded:
             console.print(
                 f"private Redis: {embedded.redis_url}; workers pid {embedded.workers.pid}"  # type: ignore[union-attr]

@@ -1,0 +1,172 @@
+"""``import_members``: validate, then write, in the chosen mode."""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import IO
+
+import phonenumbers
+from sqlalchemy import Engine
+
+from ..models import utcnow
+from ._fields import RowValidator, ValidRow
+from ._model import (
+    DEFAULT_CHUNK_SIZE,
+    IMPORT_MODES,
+    MAX_LISTED_ERRORS,
+    ImportMode,
+    ImportReport,
+    RowError,
+)
+from ._read import RawRow, open_rows
+from ._write import write_chunk
+
+__all__ = ["import_members"]
+
+_SOURCE_LENGTH = 64
+"""``consents.source`` and ``consent_events.source`` are ``String(64)``."""
+_SPOOL_IN_MEMORY = 16 * 1024 * 1024
+"""Validated rows of an all-or-nothing import stay in memory up to this size, then go to disk."""
+
+
+class _Errors:
+    """The first ``limit`` errors, and a count of the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.listed: list[RowError] = []
+        self.omitted = 0
+
+    def extend(self, errors: list[RowError]) -> None:
+        room = max(self.limit - len(self.listed), 0)
+        self.listed.extend(errors[:room])
+        self.omitted += max(len(errors) - room, 0)
+
+    def __bool__(self) -> bool:
+        return bool(self.listed) or self.omitted > 0
+
+
+def import_members(
+    engine: Engine,
+    path: Path,
+    *,
+    mode: ImportMode = "all-or-nothing",
+    default_region: str = "US",
+    source: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> ImportReport:
+    """Import the members in ``path`` (CSV or JSON Lines), upserting on ``external_id``.
+
+    The package docstring (:mod:`store.importer`) describes the formats, the
+    fields, what an update changes and the two modes.
+
+    Args:
+        engine: the store's engine (SQLite or PostgreSQL), migrated.
+        path: a ``.csv``, ``.jsonl`` or ``.ndjson`` file, UTF-8.
+        mode: ``"all-or-nothing"`` (one transaction, nothing written if any
+            row is bad) or ``"skip-bad"`` (good rows written chunk by chunk).
+        default_region: ISO 3166 region for phone numbers written without
+            ``+`` and country code, e.g. ``"US"``.
+        source: the consent source recorded for consent changes; by default
+            ``import:<file name>``. Cut to 64 characters.
+        progress: called after each chunk with the number of rows processed
+            so far (validated in all-or-nothing, which then writes every row
+            in one transaction; validated and written in skip-bad).
+        chunk_size: rows validated, and written, per batch.
+
+    Returns:
+        What was read, written and refused; ``report.ok`` is false when any
+        row had a problem.
+
+    Raises:
+        MemberImportError: the file cannot be imported at all (unknown format,
+            unreadable, not UTF-8, a CSV header that lacks ``external_id`` or
+            names unknown or repeated columns); nothing was written.
+        ValueError: an unknown ``mode``, ``default_region`` or ``chunk_size``.
+    """
+    if mode not in IMPORT_MODES:
+        raise ValueError(f"unknown import mode {mode!r}; use one of {', '.join(IMPORT_MODES)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be 1 or more, not {chunk_size}")
+    region = default_region.upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown phone region {default_region!r}; use an ISO code like 'US'")
+    path = Path(path)
+    consent_source = (source or f"import:{path.name}")[:_SOURCE_LENGTH]
+    errors = _Errors(MAX_LISTED_ERRORS)
+    validate = RowValidator(path.name, region)
+
+    def report(rows: int, inserted: int = 0, updated: int = 0) -> ImportReport:
+        return ImportReport(
+            path=path,
+            mode=mode,
+            rows=rows,
+            inserted=inserted,
+            updated=updated,
+            skipped=rows - inserted - updated,
+            errors=tuple(errors.listed),
+            errors_omitted=errors.omitted,
+        )
+
+    with open_rows(path) as raw_rows:
+        chunks = _validated_chunks(raw_rows, validate, errors, chunk_size)
+        if mode == "skip-bad":
+            rows = inserted = updated = 0
+            for read, good in chunks:
+                rows += read
+                if good:
+                    with engine.begin() as conn:
+                        counts = write_chunk(
+                            conn, good, source=consent_source, file=path.name, now=utcnow()
+                        )
+                    inserted, updated = inserted + counts[0], updated + counts[1]
+                if progress is not None:
+                    progress(rows)
+            return report(rows, inserted, updated)
+
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
+            rows = spooled = 0
+            for read, good in chunks:
+                rows += read
+                if not errors:  # after the first error only errors matter
+                    pickle.dump(good, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                    spooled += 1
+                if progress is not None:
+                    progress(rows)
+            if errors:
+                return report(rows)
+            spool.seek(0)
+            inserted = updated = 0
+            with engine.begin() as conn:
+                now = utcnow()
+                for good in _unspool(spool, spooled):
+                    counts = write_chunk(conn, good, source=consent_source, file=path.name, now=now)
+                    inserted, updated = inserted + counts[0], updated + counts[1]
+            return report(rows, inserted, updated)
+
+
+def _validated_chunks(
+    raw_rows: Iterator[RawRow], validate: RowValidator, errors: _Errors, size: int
+) -> Iterator[tuple[int, list[ValidRow]]]:
+    """``(rows read, valid rows)`` per ``size`` rows; problems go to ``errors``."""
+    while batch := list(islice(raw_rows, size)):
+        good: list[ValidRow] = []
+        for raw in batch:
+            result = validate(raw)
+            if isinstance(result, ValidRow):
+                good.append(result)
+            else:
+                errors.extend(result)
+        yield len(batch), good
+
+
+def _unspool(spool: IO[bytes], count: int) -> Iterator[list[ValidRow]]:
+    for _ in range(count):
+        # Safe: the spool is an anonymous temporary file this call wrote moments ago.
+        chunk: list[ValidRow] = pickle.load(spool)  # noqa: S301
+        yield chunk
