@@ -194,3 +194,50 @@ def test_members_import_reports_bad_rows_and_writes_nothing_by_default(tmp_path:
             ("A1", "+14155550100")
         ]
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_run_delivers_due_campaigns_and_stops_cleanly(tmp_path: Path):
+    """`loyalcast run` sends a due broadcast through its own Redis; SIGINT stops everything."""
+    # Given a member import and a broadcast due now, in the embedded default
+    members = tmp_path / "members.jsonl"
+    members.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "external_id": f"R{i}",
+                    "name": f"Rae {i}",
+                    "email": f"r{i}@example.com",
+                    "tier": "gold",
+                    "consent_email": "yes",
+                }
+            )
+            + "\n"
+            for i in range(30)
+        )
+    )
+    assert _run(tmp_path, "members", "import", str(members)).returncode == 0
+    assert _run(tmp_path, "campaigns", "create", str(write_campaign(tmp_path))).returncode == 0
+    # When `loyalcast run` runs until the outbox has every message
+    env = _env(tmp_path, LOYALCAST_TICK_SECONDS="0.5")
+    proc = subprocess.Popen(
+        [LOYALCAST, "run"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    outbox = tmp_path / "data" / "outbox" / "email.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        outbox.exists() and len(outbox.read_text().splitlines()) >= 30
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    # Then every member got one email and nothing it started is left running
+    assert len(outbox.read_text().splitlines()) == 30, output
+    assert "channel email: outbox" in output
+    assert proc.returncode == 0, output
+    assert _leftovers(str(tmp_path / "data")) == []
