@@ -78,9 +78,14 @@ def show_settings() -> None:
     settings = load_settings()
     table = Table("variable", "current", "default", "meaning")
     current = settings.to_env()
+    secret = Settings.secret_variables()
     for env, default, doc in Settings.documented():
         value = current.get(env, "")
-        table.add_row(env, redact_url(value) if "URL" in env else value, default, doc)
+        if value and env in secret:
+            value = "***"
+        elif "URL" in env:
+            value = redact_url(value)
+        table.add_row(env, value, default, doc)
     console.print(table)
 
 

@@ -16,6 +16,7 @@ private ``redis-server`` of their own, while ``loyalcast worker`` and
 from __future__ import annotations
 
 import os
+import secrets
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -75,6 +76,20 @@ def _database_url(raw: str) -> str:
 def _redis_url(raw: str) -> str:
     if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _sftp_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme != "sftp" or not parts.hostname or not parts.username:
+        raise ValueError("must look like sftp://user@host[:port]/folder")
     return raw
 
 
@@ -237,6 +252,125 @@ class Settings:
         ),
     )
 
+    # --- Providers. A channel is live when its credentials are set. ---
+    twilio_account_sid: str | None = field(
+        default=None, metadata=_meta("TWILIO_ACCOUNT_SID", str, "Twilio account SID (AC...).")
+    )
+    twilio_auth_token: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_meta(
+            "TWILIO_AUTH_TOKEN", str, "Twilio auth token; also checks webhook signatures."
+        ),
+    )
+    twilio_from_number: str | None = field(
+        default=None, metadata=_meta("TWILIO_FROM_NUMBER", str, "Sender number in E.164.")
+    )
+    twilio_messaging_service_sid: str | None = field(
+        default=None,
+        metadata=_meta(
+            "TWILIO_MESSAGING_SERVICE_SID", str, "Messaging Service (MG...), instead of a number."
+        ),
+    )
+    twilio_base_url: str = field(
+        default="https://api.twilio.com",
+        metadata=_meta(
+            "LOYALCAST_TWILIO_BASE_URL", _http_url, "Where the Twilio SDK sends requests."
+        ),
+    )
+    twilio_rate: float = field(
+        default=1.0,
+        metadata=_meta(
+            "LOYALCAST_TWILIO_RATE",
+            _positive_float,
+            "SMS per second across all workers (a long code sends 1/s; a Messaging Service more).",
+        ),
+    )
+    sendgrid_api_key: str | None = field(
+        default=None, repr=False, metadata=_meta("SENDGRID_API_KEY", str, "SendGrid API key.")
+    )
+    sendgrid_from_email: str | None = field(
+        default=None, metadata=_meta("SENDGRID_FROM_EMAIL", str, "Sender address of every email.")
+    )
+    sendgrid_api_host: str = field(
+        default="https://api.sendgrid.com",
+        metadata=_meta(
+            "SENDGRID_API_HOST", _http_url, "SendGrid API host; EU: https://api.eu.sendgrid.com."
+        ),
+    )
+    sendgrid_webhook_public_key: str | None = field(
+        default=None,
+        metadata=_meta(
+            "SENDGRID_WEBHOOK_PUBLIC_KEY",
+            str,
+            "Public key (base64) that signs SendGrid's event webhook.",
+        ),
+    )
+    sendgrid_rate: float = field(
+        default=50.0,
+        metadata=_meta("LOYALCAST_SENDGRID_RATE", _positive_float, "SendGrid requests per second."),
+    )
+    google_application_credentials: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "GOOGLE_APPLICATION_CREDENTIALS", Path, "Service-account JSON file for FCM."
+        ),
+    )
+    fcm_project_id: str | None = field(
+        default=None, metadata=_meta("FCM_PROJECT_ID", str, "Firebase project id.")
+    )
+    fcm_base_url: str = field(
+        default="https://fcm.googleapis.com",
+        metadata=_meta("LOYALCAST_FCM_BASE_URL", _http_url, "Where FCM HTTP v1 requests go."),
+    )
+    fcm_rate: float = field(
+        default=500.0,
+        metadata=_meta("LOYALCAST_FCM_RATE", _positive_float, "FCM requests per second."),
+    )
+    vapid_private_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_meta("VAPID_PRIVATE_KEY", str, "Web Push VAPID private key (base64url or PEM)."),
+    )
+    vapid_subject: str | None = field(
+        default=None,
+        metadata=_meta("VAPID_SUBJECT", str, "VAPID contact: mailto: or https: URL."),
+    )
+    webpush_rate: float = field(
+        default=200.0,
+        metadata=_meta("LOYALCAST_WEBPUSH_RATE", _positive_float, "Web Push requests per second."),
+    )
+    direct_mail_dir: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "LOYALCAST_DIRECT_MAIL_DIR", Path, "Folder where direct-mail export files are dropped."
+        ),
+    )
+    direct_mail_sftp_url: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_meta(
+            "LOYALCAST_DIRECT_MAIL_SFTP_URL",
+            _sftp_url,
+            "sftp://user@host[:port]/folder?key=/path/to/key: upload each export there.",
+        ),
+    )
+    public_url: str | None = field(
+        default=None,
+        metadata=_meta(
+            "LOYALCAST_PUBLIC_URL", _http_url, "Where providers and members reach `loyalcast api`."
+        ),
+    )
+    secret_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_meta(
+            "LOYALCAST_SECRET_KEY",
+            str,
+            "Signs unsubscribe links; unset: a key generated into <data dir>/secret.key.",
+        ),
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every setting from ``environ`` (default ``os.environ``).
@@ -267,6 +401,35 @@ class Settings:
             (f.metadata["env"], "" if f.default is None else str(f.default), f.metadata["doc"])
             for f in fields(cls)
         ]
+
+    @classmethod
+    def secret_variables(cls) -> frozenset[str]:
+        """The variables whose values must never be shown or logged."""
+        return frozenset(f.metadata["env"] for f in fields(cls) if not f.repr)
+
+    def signing_key(self) -> bytes:
+        """The key that signs unsubscribe links.
+
+        ``LOYALCAST_SECRET_KEY`` when set; otherwise a random key created once in
+        ``<data dir>/secret.key`` (mode 0600), which every process of an
+        embedded install shares. Several machines need the variable set.
+        """
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return path.read_bytes().strip()
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
 
     @property
     def effective_database_url(self) -> str:

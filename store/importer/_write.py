@@ -64,6 +64,12 @@ def write_chunk(
     Returns:
         ``(inserted, updated)``: members created, existing members written.
     """
+    if conn.dialect.name == "postgresql":
+        # A long import grows the tables within its transaction: a generic plan cached while
+        # they were small (a sequential scan) would stay in use and make each chunk slower
+        # than the last. Custom plans follow the tables' real size. LOCAL ends with the
+        # transaction, so the pooled connection is left as it was.
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
     with_attributes = any(row.attributes for row in rows)
     existing = _lock_existing(conn, [row.external_id for row in rows], with_attributes)
     fresh = [row for row in rows if row.external_id not in existing]
