@@ -15,6 +15,7 @@ from .errors import (
     TransientDeliveryError,
 )
 from .outbox import OutboxChannel, read_outbox
+from .ratelimit import NoLimit, RateLimiter, TokenBucket
 
 __all__ = [
     "CHANNEL_NAMES",
@@ -23,11 +24,14 @@ __all__ = [
     "DeliveryError",
     "InvalidRecipient",
     "Message",
+    "NoLimit",
     "OutboxChannel",
     "Outcome",
     "PermanentDeliveryError",
+    "RateLimiter",
     "Receipt",
     "RecipientOptedOut",
+    "TokenBucket",
     "TransientDeliveryError",
     "read_outbox",
 ]

@@ -3,7 +3,8 @@
 ::
 
     DeliveryError                   (never raised itself)
-    ├── TransientDeliveryError      try again, not before ``retry_after`` seconds
+    ├── TransientDeliveryError      try again, not before ``retry_after`` seconds;
+    │                               ``ambiguous``: the provider may have it already
     └── PermanentDeliveryError      never again for this message
         ├── InvalidRecipient        the address, number or token is not valid
         └── RecipientOptedOut       the provider says the recipient opted out
@@ -36,14 +37,26 @@ class DeliveryError(Exception):
 
 
 class TransientDeliveryError(DeliveryError):
-    """The provider could not take it now; it may succeed later."""
+    """The provider could not take it now; it may succeed later.
+
+    ``ambiguous`` is true when the request may have reached the provider and
+    been accepted (a read timeout, a reply cut off): sending again could
+    deliver the message twice, so the worker records the delivery as
+    ``unknown`` unless its campaign says ``on_ambiguous: resend`` (DESIGN.md §3).
+    """
 
     reason = "transient"
 
     def __init__(
-        self, detail: str, *, retry_after: float | None = None, code: str | None = None
+        self,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        code: str | None = None,
+        ambiguous: bool = False,
     ) -> None:
         self.retry_after = retry_after
+        self.ambiguous = ambiguous
         super().__init__(detail, code=code)
 
 

@@ -316,6 +316,32 @@ def run(
 
 
 @app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the HTTP API: provider webhooks, inbound SMS and unsubscribe links.
+
+    Providers and members reach it at LOYALCAST_PUBLIC_URL (put a TLS-terminating
+    proxy in front); webhook signatures are checked against that URL.
+    """
+    import uvicorn
+
+    from api import create_app
+
+    settings = load_settings()
+    sessions = _sessions(settings)
+    print_channels(settings)
+    if not settings.public_url:
+        errors.print(
+            "warning: LOYALCAST_PUBLIC_URL is not set: Twilio signatures cannot be "
+            "checked and emails carry no unsubscribe link",
+            markup=False,
+        )
+    uvicorn.run(create_app(settings, sessions), host=host, port=port, log_level="warning")
+
+
+@app.command()
 def demo(
     members: Annotated[int, typer.Option(help="How many members to seed.", min=10)] = 3000,
     seed: Annotated[int, typer.Option(help="Random seed for the members.")] = 7,

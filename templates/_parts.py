@@ -13,6 +13,9 @@ CHANNEL_PARTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "sms": ("text",),
         "email": ("subject", "html", "text"),
         "push": ("title", "body"),
+        # Direct mail: the merge fields a print vendor places on the piece; each
+        # becomes a column of the export file (see channels/direct_mail.py).
+        "direct_mail": ("headline", "message"),
     }
 )
 
@@ -21,7 +24,9 @@ HTML_PART = ("email", "html")
 
 #: Parts shown on a single line: runs of whitespace (newlines included) collapse
 #: to one space, so a template's line breaks can never reach an email header.
-SINGLE_LINE_PARTS = frozenset({("email", "subject"), ("push", "title")})
+SINGLE_LINE_PARTS = frozenset(
+    {("email", "subject"), ("push", "title"), ("direct_mail", "headline")}
+)
 
 #: File name suffix of every template file.
 TEMPLATE_SUFFIX = ".j2"

@@ -482,13 +482,18 @@ def test_missing_external_id_column_refuses_the_file(engine: Engine, tmp_path: P
             b"",
             "members.csv, line 1: has no header row; the first line must name the columns",
         ),
+        (
+            "members.csv",
+            b'external_id,name\nM1,"Ana\nM2,Bo\n',
+            "members.csv, line 2: is not valid CSV (unexpected end of data); check the quotes",
+        ),
     ],
-    ids=["format", "encoding", "empty"],
+    ids=["format", "encoding", "empty", "quoting"],
 )
 def test_unreadable_file_is_refused(
     engine: Engine, tmp_path: Path, name: str, content: bytes, message: str
 ) -> None:
-    """A file of unknown format, not UTF-8, or without a header is refused as a whole."""
+    """A file of unknown format, not UTF-8, without a header or badly quoted is refused whole."""
     # Given such a file
     path = tmp_path / name
     path.write_bytes(content)

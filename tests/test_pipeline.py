@@ -103,9 +103,9 @@ def test_plan_with_channels_all_keys_each_channel(database_url, tmp_path):
     sessions, ids, run_id = _planned(database_url, tmp_path, members=2, channels="all")
     plan_run(runtime_for(database_url, tmp_path), run_id)
     rows = _rows(sessions)
-    assert len(rows) == 6
+    assert len(rows) == 8
     assert {r.dedupe_key for r in rows if r.member_id == ids[0]} == {
-        f"broadcast:{run_id}:{ids[0]}:{c}" for c in ("sms", "email", "push")
+        f"broadcast:{run_id}:{ids[0]}:{c}" for c in ("sms", "email", "push", "direct_mail")
     }
 
 
@@ -381,3 +381,24 @@ def test_runs_of_inactive_campaigns_are_not_claimed(database_url, tmp_path, stat
     with sessions.begin() as s:
         s.execute(update(Campaign).values(status=status))
     assert claim_due_runs(sessions) == []
+
+
+@pytest.mark.parametrize(
+    ("on_ambiguous", "expected"),
+    [("skip", ("unknown", "ambiguous")), ("resend", ("deferred", "retry"))],
+)
+def test_an_ambiguous_timeout_is_not_retried_unless_the_campaign_says_resend(
+    database_url, tmp_path, on_ambiguous, expected
+):
+    """A read timeout (the provider may have it) ends 'unknown'; with resend it is retried."""
+    # Given a provider that times out after possibly accepting the message
+    sessions, _ids, run_id = _planned(database_url, tmp_path, members=1, on_ambiguous=on_ambiguous)
+    timeout = TransientDeliveryError("no answer in 10 s; it may have accepted", ambiguous=True)
+    channels = scripted_channels(lambda m: timeout)
+    rt = runtime_for(database_url, tmp_path, channels=channels)
+    plan_run(rt, run_id)
+    # When it is delivered
+    deliver_batch(rt, [r.id for r in _rows(sessions)])
+    # Then it is unknown (not sent twice), or deferred for a retry when resending is chosen
+    row = _rows(sessions)[0]
+    assert (row.status, row.reason) == expected

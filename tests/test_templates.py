@@ -101,7 +101,12 @@ def test_public_surface_is_exactly_the_documented_names() -> None:
 def test_channel_parts_are_the_documented_parts_and_read_only() -> None:
     """Each channel has its documented parts, and the table cannot be changed."""
     # Given / When / Then
-    expected = {"sms": ("text",), "email": ("subject", "html", "text"), "push": ("title", "body")}
+    expected = {
+        "sms": ("text",),
+        "email": ("subject", "html", "text"),
+        "push": ("title", "body"),
+        "direct_mail": ("headline", "message"),
+    }
     assert expected == dict(CHANNEL_PARTS)
     with pytest.raises(TypeError):
         CHANNEL_PARTS["fax"] = ("page",)  # type: ignore[index]
@@ -229,7 +234,7 @@ def test_unsafe_template_names_are_refused(name: str, tmp_path: Path) -> None:
 def test_unknown_channel_is_refused() -> None:
     """A channel outside CHANNEL_PARTS is a TemplateError listing the known ones."""
     # Given / When / Then
-    with pytest.raises(TemplateError, match=r"unknown channel 'fax' \(known: email, push, sms\)"):
+    with pytest.raises(TemplateError, match=r"unknown channel 'fax' \(known: direct_mail, email, push, sms\)"):
         load_templates("welcome-1", ["fax"])
 
 

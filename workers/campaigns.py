@@ -44,8 +44,8 @@ __all__ = [
 ]
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
-#: Channels a campaign can send on today (direct mail arrives with its exporter).
-SENDABLE_CHANNELS = ("sms", "email", "push")
+#: Channels a campaign can send on.
+SENDABLE_CHANNELS = CHANNEL_NAMES
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,8 @@ class CampaignSpec(BaseModel):
     schedule: Schedule | None = None
     on_ambiguous: Literal["skip", "resend"] = "skip"
     max_attempts: int = Field(default=5, ge=1, le=20)
+    max_sms_segments: int = Field(default=6, ge=1, le=10)
+    """An SMS longer than this many segments is not sent (each segment is billed)."""
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -145,8 +147,6 @@ class CampaignSpec(BaseModel):
                 raise ValueError(
                     f"unknown channel {name!r}; choose from {', '.join(CHANNEL_NAMES)}"
                 )
-            if name not in SENDABLE_CHANNELS:
-                raise ValueError(f"channel {name!r} is not supported in this version")
         if len(set(value)) != len(value):
             raise ValueError("a channel is named twice")
         return value

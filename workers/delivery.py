@@ -28,19 +28,27 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import structlog
 from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
-from channels import DeliveryError, Message, Outcome, Receipt, TransientDeliveryError
+from channels import (
+    DeliveryError,
+    InvalidRecipient,
+    Message,
+    Outcome,
+    Receipt,
+    RecipientOptedOut,
+    TransientDeliveryError,
+)
 from store import (
     Campaign,
     CampaignRun,
-    CampaignStatus,
     Consent,
+    ConsentStatus,
     Delivery,
     DeliveryStatus,
     Member,
@@ -48,12 +56,11 @@ from store import (
     RunStatus,
     utcnow,
 )
-from templates import TemplateError
 
-from .context import member_context
+from .compose import Closed, compose
+from .feedback import set_consent
 from .jobs import chunked, enqueue_deliver
 from .leases import expire_leases
-from .policy import Skip, route
 from .runtime import Runtime
 
 __all__ = ["DeliverResult", "deliver_batch", "retry_delay"]
@@ -129,46 +136,20 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
     sendable: dict[str, list[Message]] = defaultdict(list)
     for row in rows:
         member = members.get(row.member_id)
-        if campaign_status.get(row.campaign_id) == CampaignStatus.CANCELLED:
-            closed.append(
-                _closed(row.id, DeliveryStatus.SUPPRESSED, "cancelled", "campaign cancelled")
-            )
-            continue
-        if member is None or member.deleted_at is not None:
-            closed.append(
-                _closed(row.id, DeliveryStatus.SUPPRESSED, "member_deleted", "member deleted")
-            )
-            continue
-        version = rt.version(row.campaign_version_id)
-        decision = route(
-            member, consents[member.id], tokens[member.id], row.channels.split(","), row.category
+        outcome = compose(
+            rt,
+            row,
+            member,
+            consents[row.member_id],
+            tokens[row.member_id],
+            campaign_status.get(row.campaign_id),
         )
-        if isinstance(decision, Skip):
+        if isinstance(outcome, Closed):
             closed.append(
-                _closed(row.id, DeliveryStatus.SUPPRESSED, decision.reason, decision.detail)
+                _closed(outcome.delivery_id, outcome.status, outcome.reason, outcome.detail)
             )
-            continue
-        context = member_context(member, version, rt.settings.default_time_zone)
-        try:
-            parts = rt.renderer.render(
-                version.id, version.spec.template, version.templates, decision.channel, context
-            )
-        except TemplateError as exc:
-            closed.append(_closed(row.id, DeliveryStatus.FAILED, "render_error", str(exc)))
-            continue
-        sendable[decision.channel].append(
-            Message(
-                delivery_id=row.id,
-                dedupe_key=row.dedupe_key,
-                member_id=member.id,
-                channel=decision.channel,
-                to=decision.to,
-                parts=parts,
-                category=row.category,
-                campaign=version.campaign_name,
-                metadata={"campaign_version": version.version},
-            )
-        )
+        else:
+            sendable[outcome.channel].append(outcome)
 
     if closed:
         with rt.sessions.begin() as session:
@@ -219,8 +200,9 @@ def _send_chunk(
     owner = uuid.uuid4().hex
     now = utcnow()
     with rt.sessions.begin() as session:
-        claimed = dict(
-            session.execute(
+        claimed = {
+            row.id: row
+            for row in session.execute(
                 update(Delivery)
                 .where(
                     Delivery.id.in_([m.delivery_id for m in chunk]),
@@ -235,9 +217,9 @@ def _send_chunk(
                     attempts=Delivery.attempts + 1,
                     updated_at=now,
                 )
-                .returning(Delivery.id, Delivery.attempts)
-            ).all()
-        )
+                .returning(Delivery.id, Delivery.attempts, Delivery.resend_on_ambiguous)
+            )
+        }
     messages = [m for m in chunk if m.delivery_id in claimed]
     if not messages:
         return
@@ -256,14 +238,20 @@ def _record(
     rt: Runtime,
     messages: list[Message],
     outcomes: list[Outcome],
-    attempts: dict[int, int],
+    claimed: dict[int, Any],
     max_attempts: dict[int, int],
     owner: str,
     result: DeliverResult,
 ) -> None:
+    """Write each claimed row's outcome, guarded by this claim's owner token.
+
+    A transient error retries until ``max_attempts``, except an ambiguous one
+    (the provider may have the message): that row ends ``unknown`` unless the
+    campaign said ``on_ambiguous: resend``.
+    """
     now = utcnow()
     sent: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    closed: list[dict[str, Any]] = []
     deferred: list[dict[str, Any]] = []
     retry_soon: dict[int, list[int]] = defaultdict(list)
     for message, outcome in zip(messages, outcomes, strict=True):
@@ -272,8 +260,17 @@ def _record(
             sent.append(
                 {"b_id": did, "b_pid": outcome.provider_message_id, "b_at": outcome.accepted_at}
             )
-        elif isinstance(outcome, TransientDeliveryError) and attempts[did] < max_attempts[did]:
-            delay = retry_delay(attempts[did], outcome.retry_after)
+        elif (
+            isinstance(outcome, TransientDeliveryError)
+            and outcome.ambiguous
+            and not claimed[did].resend_on_ambiguous
+        ):
+            closed.append(_closed(did, DeliveryStatus.UNKNOWN, "ambiguous", str(outcome)))
+        elif (
+            isinstance(outcome, TransientDeliveryError)
+            and claimed[did].attempts < max_attempts[did]
+        ):
+            delay = retry_delay(claimed[did].attempts, outcome.retry_after)
             soon = delay <= MAX_BROKER_DELAY
             deferred.append(
                 {
@@ -291,7 +288,7 @@ def _record(
                 if isinstance(outcome, TransientDeliveryError)
                 else outcome.reason
             )
-            failed.append({"b_id": did, "b_reason": reason, "b_detail": str(outcome)})
+            closed.append(_closed(did, DeliveryStatus.FAILED, reason, str(outcome)))
     guard = (_table.c.id == bindparam("b_id"), _table.c.lease_owner == owner)
     with rt.sessions.begin() as session:
         if sent:
@@ -309,18 +306,18 @@ def _record(
                 ),
                 sent,
             )
-        if failed:
+        if closed:
             session.execute(
                 update(_table)
                 .where(*guard, _table.c.status == DeliveryStatus.SENDING)
                 .values(
-                    status=DeliveryStatus.FAILED,
+                    status=bindparam("b_status"),
                     reason=bindparam("b_reason"),
                     detail=bindparam("b_detail"),
                     lease_until=None,
                     updated_at=now,
                 ),
-                failed,
+                closed,
             )
         if deferred:
             session.execute(
@@ -337,12 +334,47 @@ def _record(
                 ),
                 deferred,
             )
+        _apply_consequences(session, messages, outcomes, now)
     result.add(DeliveryStatus.SENT, len(sent))
-    result.add(DeliveryStatus.FAILED, len(failed))
+    for entry in closed:
+        result.add(entry["b_status"])
     result.add(DeliveryStatus.DEFERRED, len(deferred))
     if rt.broker is not None:
         for delay_ms, ids in retry_soon.items():
             enqueue_deliver(rt.broker, ids, delay_ms=delay_ms)
+
+
+def _apply_consequences(
+    session: Session, messages: list[Message], outcomes: list[Outcome], now: datetime
+) -> None:
+    """What a provider's answer means beyond this delivery.
+
+    - ``RecipientOptedOut`` (Twilio 21610, ...) records an opt-out on that
+      channel, so policy stops the next message before it reaches the provider.
+    - ``InvalidRecipient`` on push revokes the device token or subscription
+      the message used; the member's next push goes to another device or not
+      at all.
+    """
+    for message, outcome in zip(messages, outcomes, strict=True):
+        if isinstance(outcome, RecipientOptedOut):
+            set_consent(
+                session,
+                message.member_id,
+                message.channel,
+                ConsentStatus.OPTED_OUT,
+                source=f"provider:{outcome.code or 'opted-out'}",
+                detail=outcome.detail,
+                at=now,
+            )
+        elif isinstance(outcome, InvalidRecipient) and "push_token_id" in message.metadata:
+            session.execute(
+                update(PushToken)
+                .where(
+                    PushToken.id == message.metadata["push_token_id"],
+                    PushToken.revoked_at.is_(None),
+                )
+                .values(revoked_at=now)
+            )
 
 
 def _complete_runs(rt: Runtime, run_ids: set[int]) -> None:

@@ -7,7 +7,9 @@ Consent rule (written here because the README quotes it):
 - ``service`` and ``transactional`` need only the absence of an opt-out.
 
 Reachability: ``sms`` needs an E.164 phone, ``email`` an address, ``push`` a
-live (not revoked) token. With a preference order the first channel that is
+live (not revoked) FCM token or Web Push subscription (the newest one), and
+``direct_mail`` a complete postal address: line 1, city, postal code and
+country, plus a state for the US. With a preference order the first channel that is
 both consented and reachable carries the message; when none is, the message is
 suppressed with the reason of the most preferred channel and a detail naming
 every channel's problem, e.g. ``sms: opted out 2026-11-02 via STOP; email: no
@@ -17,19 +19,29 @@ address``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from store import Consent, ConsentStatus, Member, PushToken
 
-__all__ = ["Route", "Skip", "route"]
+__all__ = ["UNREACHABLE", "Route", "Skip", "postal_address", "route"]
+
+#: What "unreachable" means on each channel, as recorded in the delivery's detail.
+UNREACHABLE = {
+    "sms": "no valid phone",
+    "email": "no address",
+    "push": "no live device",
+    "direct_mail": "incomplete postal address",
+}
 
 
 @dataclass(frozen=True)
 class Route:
-    """Send on ``channel`` to ``to``."""
+    """Send on ``channel`` to ``to``; ``metadata`` carries what the provider needs besides."""
 
     channel: str
     to: str
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -48,15 +60,47 @@ def _consent_problem(consent: Consent | None, category: str) -> str | None:
     return None
 
 
-def _address(member: Member, channel: str, tokens: Sequence[PushToken]) -> str | None:
+def postal_address(member: Member) -> dict[str, str] | None:
+    """The member's postal address for a print vendor, or None when it is incomplete."""
+    fields = {
+        "name": (member.name or "").strip(),
+        "line1": (member.address_line1 or "").strip(),
+        "line2": (member.address_line2 or "").strip(),
+        "city": (member.address_city or "").strip(),
+        "state": (member.address_state or "").strip(),
+        "zip": (member.address_zip or "").strip(),
+        "country": (member.address_country or "").strip().upper(),
+    }
+    required = ["line1", "city", "zip", "country"] + (
+        ["state"] if fields["country"] == "US" else []
+    )
+    if any(not fields[key] for key in required):
+        return None
+    return fields
+
+
+def _reach(member: Member, channel: str, tokens: Sequence[PushToken]) -> Route | None:
     if channel == "sms":
         phone = member.phone
-        return phone if phone and phone.startswith("+") and phone[1:].isdigit() else None
+        ok = phone and phone.startswith("+") and phone[1:].isdigit()
+        return Route(channel, phone) if ok and phone else None
     if channel == "email":
-        return member.email or None
+        return Route(channel, member.email) if member.email else None
     if channel == "push":
         live = [t for t in tokens if t.revoked_at is None]
-        return live[-1].token if live else None
+        if not live:
+            return None
+        token = live[-1]
+        metadata: dict[str, Any] = {"push_kind": token.kind, "push_token_id": token.id}
+        if token.kind == "webpush":
+            metadata["webpush_keys"] = dict(token.keys or {})
+        return Route(channel, token.token, metadata)
+    if channel == "direct_mail":
+        address = postal_address(member)
+        if address is None:
+            return None
+        label = ", ".join(v for k, v in address.items() if v and k != "name")
+        return Route(channel, label, {"address": address})
     return None
 
 
@@ -74,12 +118,11 @@ def route(
         if problem is not None:
             problems.append((channel, "consent", problem))
             continue
-        to = _address(member, channel, tokens)
-        if to is None:
-            what = {"sms": "no valid phone", "email": "no address", "push": "no live token"}
-            problems.append((channel, "unreachable", what.get(channel, "no address")))
+        reached = _reach(member, channel, tokens)
+        if reached is None:
+            problems.append((channel, "unreachable", UNREACHABLE[channel]))
             continue
-        return Route(channel, to)
+        return reached
     reason = problems[0][1] if problems else "no_channel"
     detail = "; ".join(f"{channel}: {text}" for channel, _, text in problems)
     return Skip(reason, detail or "no channel")

@@ -12,23 +12,65 @@ import threading
 from dataclasses import dataclass
 
 import dramatiq
+import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from channels import Channel, OutboxChannel
+from channels import CHANNEL_NAMES, Channel, NoLimit, OutboxChannel, RateLimiter, TokenBucket
 from loyalcast.settings import Settings
 from store import Campaign, CampaignVersion, make_engine, make_sessionmaker
 from templates import Renderer
 
-from .campaigns import SENDABLE_CHANNELS, CampaignSpec
+from .campaigns import CampaignSpec
 
 __all__ = ["LoadedVersion", "Runtime", "build_channels"]
 
 
-def build_channels(settings: Settings) -> dict[str, Channel]:
-    """One channel per name: live when its credentials are set, the file outbox otherwise."""
+def _limiter(
+    client: redis.Redis | None, settings: Settings, provider: str, sender: str, rate: float
+) -> RateLimiter:
+    if client is None:
+        return NoLimit()
+    key = f"{settings.queue_namespace}:rate:{provider}:{sender}"
+    return TokenBucket(client, key, rate)
+
+
+def build_channels(settings: Settings, client: redis.Redis | None = None) -> dict[str, Channel]:
+    """One channel per name: live when its credentials are set, the file outbox otherwise.
+
+    ``client`` is the Redis holding the shared rate-limit buckets; without it
+    (a test, a one-off command) live channels are not rate limited.
+    """
     outbox = settings.effective_outbox_dir
-    return {name: OutboxChannel(name, outbox) for name in SENDABLE_CHANNELS}
+    channels: dict[str, Channel] = {name: OutboxChannel(name, outbox) for name in CHANNEL_NAMES}
+    s = settings
+    if (
+        s.twilio_account_sid
+        and s.twilio_auth_token
+        and (s.twilio_from_number or s.twilio_messaging_service_sid)
+    ):
+        from channels.twilio import TwilioSmsChannel
+
+        sender = s.twilio_messaging_service_sid or s.twilio_from_number or ""
+        channels["sms"] = TwilioSmsChannel(
+            s.twilio_account_sid,
+            s.twilio_auth_token,
+            from_number=None if s.twilio_messaging_service_sid else s.twilio_from_number,
+            messaging_service_sid=s.twilio_messaging_service_sid,
+            base_url=s.twilio_base_url,
+            status_callback=f"{s.public_url}/webhooks/twilio/status" if s.public_url else None,
+            limiter=_limiter(client, s, "twilio", sender, s.twilio_rate),
+        )
+    if s.sendgrid_api_key and s.sendgrid_from_email:
+        from channels.sendgrid import SendGridEmailChannel
+
+        channels["email"] = SendGridEmailChannel(
+            s.sendgrid_api_key,
+            s.sendgrid_from_email,
+            host=s.sendgrid_api_host,
+            limiter=_limiter(client, s, "sendgrid", s.sendgrid_from_email, s.sendgrid_rate),
+        )
+    return channels
 
 
 @dataclass(frozen=True)
@@ -59,6 +101,7 @@ class Runtime:
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._versions: dict[int, LoadedVersion] = {}
+        self._signing_key: bytes | None = None
         self._lock = threading.Lock()
 
     @property
@@ -77,10 +120,21 @@ class Runtime:
             return self._sessions
 
     @property
+    def signing_key(self) -> bytes:
+        """The key that signs unsubscribe links (read once)."""
+        with self._lock:
+            if self._signing_key is None:
+                self._signing_key = self.settings.signing_key()
+            return self._signing_key
+
+    @property
     def channels(self) -> dict[str, Channel]:
         with self._lock:
             if self._channels is None:
-                self._channels = build_channels(self.settings)
+                client = None
+                if self.settings.redis_url:
+                    client = redis.Redis.from_url(self.settings.redis_url)
+                self._channels = build_channels(self.settings, client)
             return self._channels
 
     def version(self, version_id: int) -> LoadedVersion:

@@ -109,6 +109,13 @@ class FakeProvider:
         with self._lock:
             self._scripts[route].extend(responses)
 
+    def reset(self) -> None:
+        """Forget recorded requests and pending scripts (between tests sharing a fake)."""
+        with self._lock:
+            self._scripts.clear()
+            self.requests.clear()
+            self._count = 0
+
     # --- introspection ------------------------------------------------------
 
     @property
@@ -134,7 +141,10 @@ class FakeProvider:
             "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler
         )
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"fake-{self.name}", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-{self.name}",
+            daemon=True,
         )
         self._thread.start()
         return self

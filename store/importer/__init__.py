@@ -54,8 +54,9 @@ Modes
 
     In both modes a row is validated completely before any of it is written:
     a row is never half imported. A file that cannot be read at all (unknown
-    format, not UTF-8, a CSV header without ``external_id`` or with unknown
-    columns) raises :class:`MemberImportError` before anything is written.
+    format, not UTF-8, broken CSV quoting, a CSV header without
+    ``external_id`` or with unknown columns) raises
+    :class:`MemberImportError` before anything is written.
 """
 
 from ._model import (

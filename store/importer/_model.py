@@ -94,9 +94,9 @@ class ImportReport:
 class MemberImportError(ValueError):
     """The file cannot be imported at all: nothing was written.
 
-    Raised for an unknown format, an unreadable file, bad UTF-8, or a CSV
-    header that is empty, lacks ``external_id``, or names unknown or
-    repeated columns. Problems within rows are not raised: they are in the
+    Raised for an unknown format, an unreadable file, bad UTF-8, broken CSV
+    quoting, or a CSV header that is empty, lacks ``external_id``, or names
+    unknown or repeated columns. Problems within rows are not raised: they are in the
     :class:`ImportReport`.
 
     Attributes:

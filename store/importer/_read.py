@@ -119,7 +119,7 @@ def check_encoding(path: Path) -> None:
 
 def _bad_encoding(path: Path, line: int, byte: int) -> MemberImportError:
     problem = f"is not valid UTF-8 (byte 0x{byte:02x}); save the file as UTF-8"
-    return MemberImportError([RowError(file=path.name, line=line, field=None, problem=problem)])
+    return MemberImportError([_file_error(path, problem, line)])
 
 
 def _file_error(path: Path, problem: str, line: int = 0, field: str | None = None) -> RowError:
@@ -130,12 +130,13 @@ def _file_error(path: Path, problem: str, line: int = 0, field: str | None = Non
 def open_rows(path: Path) -> Iterator[Iterator[RawRow]]:
     """Open ``path`` and yield an iterator over its data rows.
 
-    The format, the encoding (the whole file) and a CSV's header are checked
-    on entry, so a file that cannot be imported at all raises before the
-    first row is read.
+    The format, the encoding and a CSV's syntax (the whole file) and its
+    header are checked on entry, so a file that cannot be imported at all
+    raises before the first row is read.
 
     Raises:
-        MemberImportError: unknown format, unreadable file, or a bad CSV header.
+        MemberImportError: unknown format, unreadable file, not UTF-8, broken
+            CSV quoting, or a bad CSV header.
     """
     suffix = path.suffix.lower()
     if suffix not in CSV_SUFFIXES | JSONL_SUFFIXES:
@@ -156,10 +157,7 @@ def open_rows(path: Path) -> Iterator[Iterator[RawRow]]:
 
 
 def _csv_header(path: Path, reader: Any) -> list[str]:
-    try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        raise MemberImportError([_file_error(path, f"has no readable header: {exc}", 1)]) from exc
+    header = next(reader, None)
     if header is None or not any(h.strip() for h in header):
         problem = "has no header row; the first line must name the columns"
         raise MemberImportError([_file_error(path, problem, 1)])
@@ -184,8 +182,22 @@ def _csv_header(path: Path, reader: Any) -> list[str]:
     return names
 
 
+def _check_csv_syntax(path: Path, f: TextIO) -> None:
+    """Parse the whole CSV once, so broken quoting refuses the file before anything is written."""
+    reader = csv.reader(f, strict=True)
+    end = 0
+    try:
+        for _ in reader:
+            end = reader.line_num
+    except csv.Error as exc:
+        problem = f"is not valid CSV ({exc}); check the quotes"
+        raise MemberImportError([_file_error(path, problem, end + 1)]) from exc
+    f.seek(0)
+
+
 def _csv_rows(path: Path, f: TextIO) -> Iterator[RawRow]:
-    reader = csv.reader(f)
+    _check_csv_syntax(path, f)
+    reader = csv.reader(f, strict=True)
     names = _csv_header(path, reader)
     attribute_columns = [n for n in names if n.startswith(ATTRIBUTE_PREFIX)]
     return _csv_body(path, reader, names, bool(attribute_columns))
@@ -200,8 +212,8 @@ def _csv_body(path: Path, reader: Any, names: list[str], has_attributes: bool) -
             cells: list[str] = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:
-            problem = f"cannot be read as CSV ({exc}); the rest of the file was not read"
+        except csv.Error as exc:  # the file changed since _check_csv_syntax
+            problem = f"is not valid CSV ({exc}); the rest of the file was not read"
             yield RawRow(start, {}, [_file_error(path, problem, start)])
             return
         end = reader.line_num

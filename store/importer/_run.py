@@ -5,12 +5,12 @@ from __future__ import annotations
 import pickle
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import IO
 
 import phonenumbers
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from ..models import utcnow
 from ._fields import RowValidator, ValidRow
@@ -85,8 +85,9 @@ def import_members(
 
     Raises:
         MemberImportError: the file cannot be imported at all (unknown format,
-            unreadable, not UTF-8, a CSV header that lacks ``external_id`` or
-            names unknown or repeated columns); nothing was written.
+            unreadable, not UTF-8, broken CSV quoting, a CSV header that lacks
+            ``external_id`` or names unknown or repeated columns); nothing was
+            written.
         ValueError: an unknown ``mode``, ``default_region`` or ``chunk_size``.
     """
     if mode not in IMPORT_MODES:
@@ -97,57 +98,80 @@ def import_members(
     if region not in phonenumbers.SUPPORTED_REGIONS:
         raise ValueError(f"unknown phone region {default_region!r}; use an ISO code like 'US'")
     path = Path(path)
-    consent_source = (source or f"import:{path.name}")[:_SOURCE_LENGTH]
     errors = _Errors(MAX_LISTED_ERRORS)
     validate = RowValidator(path.name, region)
+    source = (source or f"import:{path.name}")[:_SOURCE_LENGTH]
 
-    def report(rows: int, inserted: int = 0, updated: int = 0) -> ImportReport:
-        return ImportReport(
-            path=path,
-            mode=mode,
-            rows=rows,
-            inserted=inserted,
-            updated=updated,
-            skipped=rows - inserted - updated,
-            errors=tuple(errors.listed),
-            errors_omitted=errors.omitted,
-        )
+    def write(conn: Connection, rows: list[ValidRow], now: datetime) -> tuple[int, int]:
+        return write_chunk(conn, rows, source=source, file=path.name, now=now)
 
     with open_rows(path) as raw_rows:
         chunks = _validated_chunks(raw_rows, validate, errors, chunk_size)
         if mode == "skip-bad":
-            rows = inserted = updated = 0
-            for read, good in chunks:
-                rows += read
-                if good:
-                    with engine.begin() as conn:
-                        counts = write_chunk(
-                            conn, good, source=consent_source, file=path.name, now=utcnow()
-                        )
-                    inserted, updated = inserted + counts[0], updated + counts[1]
-                if progress is not None:
-                    progress(rows)
-            return report(rows, inserted, updated)
+            rows, inserted, updated = _write_each_chunk(engine, chunks, write, progress)
+        else:
+            rows, inserted, updated = _write_all_at_once(engine, chunks, write, errors, progress)
+    return ImportReport(
+        path=path,
+        mode=mode,
+        rows=rows,
+        inserted=inserted,
+        updated=updated,
+        skipped=rows - inserted - updated,
+        errors=tuple(errors.listed),
+        errors_omitted=errors.omitted,
+    )
 
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
-            rows = spooled = 0
-            for read, good in chunks:
-                rows += read
-                if not errors:  # after the first error only errors matter
-                    pickle.dump(good, spool, protocol=pickle.HIGHEST_PROTOCOL)
-                    spooled += 1
-                if progress is not None:
-                    progress(rows)
-            if errors:
-                return report(rows)
-            spool.seek(0)
-            inserted = updated = 0
+
+_Chunks = Iterator[tuple[int, list[ValidRow]]]
+_Write = Callable[[Connection, list[ValidRow], datetime], tuple[int, int]]
+
+
+def _write_each_chunk(
+    engine: Engine, chunks: _Chunks, write: _Write, progress: Callable[[int], None] | None
+) -> tuple[int, int, int]:
+    """skip-bad: each chunk's good rows in a transaction of their own."""
+    rows = inserted = updated = 0
+    for read, good in chunks:
+        rows += read
+        if good:
             with engine.begin() as conn:
-                now = utcnow()
-                for good in _unspool(spool, spooled):
-                    counts = write_chunk(conn, good, source=consent_source, file=path.name, now=now)
-                    inserted, updated = inserted + counts[0], updated + counts[1]
-            return report(rows, inserted, updated)
+                counts = write(conn, good, utcnow())
+            inserted, updated = inserted + counts[0], updated + counts[1]
+        if progress is not None:
+            progress(rows)
+    return rows, inserted, updated
+
+
+def _write_all_at_once(
+    engine: Engine,
+    chunks: _Chunks,
+    write: _Write,
+    errors: _Errors,
+    progress: Callable[[int], None] | None,
+) -> tuple[int, int, int]:
+    """all-or-nothing: validate every chunk (spooling rows), then write them in one transaction."""
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
+        rows = spooled = 0
+        for read, good in chunks:
+            rows += read
+            if not errors:  # after the first error only errors matter
+                pickle.dump(good, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                spooled += 1
+            if progress is not None:
+                progress(rows)
+        if errors or not spooled:
+            return rows, 0, 0
+        spool.seek(0)
+        inserted = updated = 0
+        with engine.begin() as conn:
+            now = utcnow()
+            for _ in range(spooled):
+                # Safe to unpickle: an anonymous temporary file this call has just written.
+                spooled_rows: list[ValidRow] = pickle.load(spool)  # noqa: S301
+                counts = write(conn, spooled_rows, now)
+                inserted, updated = inserted + counts[0], updated + counts[1]
+        return rows, inserted, updated
 
 
 def _validated_chunks(
@@ -163,10 +187,3 @@ def _validated_chunks(
             else:
                 errors.extend(result)
         yield len(batch), good
-
-
-def _unspool(spool: IO[bytes], count: int) -> Iterator[list[ValidRow]]:
-    for _ in range(count):
-        # Safe: the spool is an anonymous temporary file this call wrote moments ago.
-        chunk: list[ValidRow] = pickle.load(spool)  # noqa: S301
-        yield chunk

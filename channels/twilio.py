@@ -1,0 +1,361 @@
+"""Twilio SMS: one Programmable Messaging request per message, through the real SDK.
+
+:class:`TwilioSmsChannel` counts a message's segments before anything leaves
+(a text longer than the campaign allows is refused without a request), takes a
+token from the rate limiter, then creates the Message resource with
+``twilio.rest.Client``. Twilio's errors are translated in one table
+(:data:`TWILIO_ERROR_KINDS`) and one helper (:func:`_translate`)::
+
+    HTTP 429, code 20429      -> TransientDeliveryError(retry_after), limiter blocked
+    HTTP 5xx                  -> TransientDeliveryError (retry_after if Retry-After)
+    connection error, timeout -> TransientDeliveryError
+    21610                     -> RecipientOptedOut
+    21211, 21614              -> InvalidRecipient
+    21611                     -> TransientDeliveryError (the sender's queue is full)
+    any other code            -> PermanentDeliveryError
+
+The SDK has no base-URL setting (DESIGN.md, twilio traps): a
+``TwilioHttpClient`` subclass swaps the scheme and host of
+``https://api.twilio.com`` URLs for ``base_url``, sets the timeout on every
+request and remembers each thread's last response headers, because the SDK's
+exceptions drop them and Retry-After lives there. The SDK does not retry 429s
+and the default ``requests`` adapter retries nothing, so a request is sent
+at most once per :meth:`TwilioSmsChannel.send`.
+
+A read timeout or an unreadable 2xx body is ambiguous: Twilio may have
+accepted the message. It is reported as transient (the closed error set has no
+"ambiguous" kind); its detail says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import MappingProxyType
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from .base import BatchChannel, Message, Receipt
+from .errors import (
+    DeliveryError,
+    InvalidRecipient,
+    PermanentDeliveryError,
+    RecipientOptedOut,
+    TransientDeliveryError,
+)
+from .ratelimit import NoLimit, RateLimiter
+from .sms_segments import count_segments
+
+__all__ = [
+    "DEFAULT_MAX_SEGMENTS",
+    "DEFAULT_RETRY_AFTER",
+    "DEFAULT_TIMEOUT",
+    "TWILIO_API_URL",
+    "TWILIO_ERROR_KINDS",
+    "TwilioSmsChannel",
+]
+
+#: Where the SDK sends Messaging API requests.
+TWILIO_API_URL = "https://api.twilio.com"
+#: Seconds to wait for Twilio to connect and, separately, to answer.
+DEFAULT_TIMEOUT = 10.0
+#: The most segments one SMS may cost unless the campaign says otherwise.
+DEFAULT_MAX_SEGMENTS = 10
+#: Seconds to back off after a 429 that carries no Retry-After header.
+DEFAULT_RETRY_AFTER = 1.0
+
+#: Twilio error codes (https://www.twilio.com/docs/api/errors) and what they mean
+#: to us. A code not listed is permanent; HTTP 429 and 5xx are transient whatever
+#: their code.
+TWILIO_ERROR_KINDS: Mapping[int, type[DeliveryError]] = MappingProxyType(
+    {
+        21610: RecipientOptedOut,  # the recipient replied STOP to this sender
+        21211: InvalidRecipient,  # invalid 'To' phone number
+        21614: InvalidRecipient,  # 'To' is not a valid mobile number
+        20429: TransientDeliveryError,  # too many requests
+        21611: TransientDeliveryError,  # the sender's queue of unsent messages is full
+    }
+)
+
+# Network failures that ``requests`` raises through the SDK: connection refused
+# or reset, DNS, TLS and proxy errors, connect and read timeouts, a body cut off
+# mid-read. Other ``RequestException``s (an invalid URL) are configuration errors.
+_NETWORK_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+# ``ClientBase`` falls back to ``os.environ`` when ``environment`` is falsy and
+# then reads TWILIO_EDGE and TWILIO_REGION from it, which would rewrite the host
+# before our HTTP client sees it. A non-empty mapping without those keys keeps
+# the channel's configuration explicit (adapters never read the environment).
+_NO_ENVIRONMENT: Mapping[str, str] = MappingProxyType({"LOYALCAST": "explicit configuration"})
+
+_NO_LIMIT = NoLimit()
+# The SDK prepends "Unable to create record: " (fetch, update...) to Twilio's message.
+_SDK_PREFIX = re.compile(r"^Unable to \w+ record: ")
+
+
+class _RoutedHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships no type hints
+    """A ``TwilioHttpClient`` that sends ``https://api.twilio.com`` requests to ``base_url``.
+
+    The path and query are kept (after ``base_url``'s own path, if any); other
+    hosts are left alone. Connections are reused through the client's
+    ``requests.Session``.
+    """
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        super().__init__(pool_connections=True, timeout=timeout)
+        target = urlsplit(base_url)
+        self._scheme = target.scheme
+        self._netloc = target.netloc
+        self._prefix = target.path.rstrip("/")
+        self._api = urlsplit(TWILIO_API_URL)
+        self._local = threading.local()
+
+    def route(self, url: str) -> str:
+        """The URL a request for ``url`` goes to."""
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc) != (self._api.scheme, self._api.netloc):
+            return url
+        path = self._prefix + parts.path
+        return urlunsplit((self._scheme, self._netloc, path, parts.query, parts.fragment))
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Any:
+        """Send the request to its routed URL, with the client's timeout unless one is given."""
+        self._local.headers = None
+        response = super().request(
+            method,
+            self.route(url),
+            params=params,
+            data=data,
+            headers=headers,
+            auth=auth,
+            timeout=self.timeout if timeout is None else timeout,
+            allow_redirects=allow_redirects,
+        )
+        self._local.headers = response.headers
+        return response
+
+    def last_headers(self) -> Mapping[str, str] | None:
+        """The headers of this thread's last response, None if the last request got none."""
+        headers: Mapping[str, str] | None = getattr(self._local, "headers", None)
+        return headers
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        if self.session is not None:
+            self.session.close()
+
+
+class TwilioSmsChannel(BatchChannel):
+    """SMS through Twilio's Messaging API: a receipt per accepted message, or a delivery error."""
+
+    name = "sms"
+    live: ClassVar[bool] = True
+    # A chunk is what the deliver worker claims at once (``sending`` with one
+    # lease, workers/delivery.py); Twilio has no batch API, so a chunk is sent one
+    # request at a time. 10 keeps the worst case (limiter wait of 2 s, then
+    # connect and read timeouts of 10 s each, per message) under the default
+    # 300 s lease, and bounds what a killed worker leaves ``unknown`` to 10
+    # messages, while the claim and record UPDATEs still cost little next to 10
+    # HTTP requests.
+    max_batch: ClassVar[int] = 10
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        *,
+        from_number: str | None = None,
+        messaging_service_sid: str | None = None,
+        base_url: str = TWILIO_API_URL,
+        status_callback: str | None = None,
+        limiter: RateLimiter = _NO_LIMIT,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_segments: int = DEFAULT_MAX_SEGMENTS,
+    ) -> None:
+        """Build the channel and its SDK client; nothing is sent yet.
+
+        Args:
+            account_sid: The account SID (``AC...``); also the Basic auth user.
+            auth_token: The account's auth token.
+            from_number: The sender number in E.164; exactly one of this and
+                ``messaging_service_sid``.
+            messaging_service_sid: A Messaging Service (``MG...``) that picks the sender.
+            base_url: Scheme and host (and optional path) replacing
+                ``https://api.twilio.com``, e.g. a fake provider's URL.
+            status_callback: Where Twilio posts status changes of each message.
+            limiter: Called before each request; told about Retry-After.
+            timeout: Seconds for connecting and, separately, for the answer.
+            max_segments: The most segments a message may cost, unless its
+                ``metadata["max_sms_segments"]`` says otherwise.
+
+        Raises:
+            ValueError: A credential is empty, both or neither sender is given,
+                ``base_url`` is not an http(s) URL, or a limit is not positive.
+        """
+        if not account_sid or not auth_token:
+            raise ValueError("account_sid and auth_token are required")
+        if bool(from_number) == bool(messaging_service_sid):
+            raise ValueError("give exactly one of from_number and messaging_service_sid")
+        target = urlsplit(base_url)
+        if target.scheme not in ("http", "https") or not target.netloc:
+            raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
+        if timeout <= 0 or max_segments < 1:
+            raise ValueError("timeout and max_segments must be positive")
+        self.account_sid = account_sid
+        self.from_number = from_number
+        self.messaging_service_sid = messaging_service_sid
+        self.base_url = base_url
+        self.status_callback = status_callback
+        self.limiter = limiter
+        self.timeout = timeout
+        self.max_segments = max_segments
+        self._http = _RoutedHttpClient(base_url, timeout)
+        self._client = Client(
+            account_sid,
+            auth_token,
+            http_client=self._http,
+            environment=_NO_ENVIRONMENT,
+            user_agent_extensions=["loyalcast"],
+        )
+
+    def send(self, message: Message) -> Receipt:
+        """Send ``message.parts["text"]`` to ``message.to``.
+
+        Args:
+            message: A rendered SMS; ``to`` is E.164.
+
+        Returns:
+            A receipt holding the Message SID.
+
+        Raises:
+            PermanentDeliveryError: No text, more segments than allowed (no
+                request is made), or a Twilio error that will not go away.
+            InvalidRecipient: Twilio says the number is not valid (21211, 21614).
+            RecipientOptedOut: The recipient opted out of this sender (21610).
+            TransientDeliveryError: Rate limited (the limiter is blocked for
+                ``retry_after``), Twilio unavailable, a network error or a timeout.
+        """
+        text = message.parts.get("text", "")
+        if not text:
+            raise PermanentDeliveryError("the SMS has no text part")
+        info = count_segments(text)
+        allowed = int(message.metadata.get("max_sms_segments", self.max_segments))
+        if info.segments > allowed:
+            raise PermanentDeliveryError(
+                f"the SMS needs {info.segments} {info.encoding} segments "
+                f"({info.units} units); at most {allowed} allowed"
+            )
+        params: dict[str, str] = {"to": message.to, "body": text}
+        if self.from_number:
+            params["from_"] = self.from_number
+        if self.messaging_service_sid:
+            params["messaging_service_sid"] = self.messaging_service_sid
+        if self.status_callback:
+            params["status_callback"] = self.status_callback
+        self.limiter.wait()
+        try:
+            created = self._client.messages.create(**params)
+        except (TwilioException, requests.RequestException, json.JSONDecodeError) as exc:
+            error = _translate(exc, self._http.last_headers(), timeout=self.timeout)
+            if isinstance(error, TransientDeliveryError) and error.retry_after is not None:
+                self.limiter.block(error.retry_after)
+            raise error from exc
+        sid = created.sid
+        if not sid:
+            raise TransientDeliveryError("Twilio answered without a Message SID (ambiguous)")
+        return Receipt(provider_message_id=str(sid), accepted_at=datetime.now(UTC))
+
+    def close(self) -> None:
+        """Close the pooled HTTP connections."""
+        self._http.close()
+
+
+def _translate(
+    exc: Exception, headers: Mapping[str, str] | None = None, *, timeout: float | None = None
+) -> DeliveryError:
+    """Our delivery error for an exception from a Twilio request.
+
+    Args:
+        exc: What the SDK raised or let through from ``requests``.
+        headers: The response's headers, if a response came (for Retry-After).
+        timeout: The request timeout, named in the detail of a timeout.
+
+    Returns:
+        The error to raise, keeping Twilio's code and message.
+    """
+    if isinstance(exc, TwilioRestException | TwilioServiceException):
+        status = int(exc.status)
+        code = int(exc.code) if exc.code is not None else status
+        detail = f"Twilio HTTP {status}: {_twilio_text(exc)}"
+        kind = TWILIO_ERROR_KINDS.get(code, PermanentDeliveryError)
+        if status == 429 or status >= 500:
+            kind = TransientDeliveryError
+        if kind is TransientDeliveryError:
+            retry_after = _retry_after(headers)
+            if retry_after is None and (status == 429 or code == 20429):
+                retry_after = DEFAULT_RETRY_AFTER
+            return TransientDeliveryError(detail, retry_after=retry_after, code=str(code))
+        return kind(detail, code=str(code))
+    if isinstance(exc, requests.ReadTimeout):
+        return TransientDeliveryError(
+            f"Twilio did not answer within {timeout} s; it may have accepted the message",
+            ambiguous=True,
+        )
+    if isinstance(exc, _NETWORK_ERRORS):
+        return TransientDeliveryError(f"cannot reach Twilio: {exc}")
+    if isinstance(exc, json.JSONDecodeError):
+        return TransientDeliveryError(
+            f"Twilio answered with a body that is not JSON ({exc}); "
+            "it may have accepted the message",
+            ambiguous=True,
+        )
+    return PermanentDeliveryError(f"Twilio request failed: {type(exc).__name__}: {exc}")
+
+
+def _twilio_text(exc: Any) -> str:
+    """Twilio's own message from a legacy or an RFC 9457 error, without the SDK's prefix."""
+    if isinstance(exc, TwilioServiceException):
+        return f"{exc.title}: {exc.detail}" if exc.detail else str(exc.title)
+    return _SDK_PREFIX.sub("", str(exc.msg)) or str(exc.msg)
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None if absent."""
+    value = (headers or {}).get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

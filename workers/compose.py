@@ -1,0 +1,80 @@
+"""Composing one delivery's message just before sending: policy, context, render, metadata.
+
+:func:`compose` is the per-row half of the deliver job. It returns either the
+:class:`~channels.Message` to send or a :class:`Closed` outcome to record
+(suppressed with the policy's reason, or failed with the template's error).
+It reads only what the deliver job loaded in bulk, so it does no I/O of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from channels import Message
+from store import CampaignStatus, Consent, Delivery, DeliveryStatus, Member, PushToken
+from templates import TemplateError
+
+from .context import member_context
+from .policy import Skip, route
+from .runtime import Runtime
+from .unsubscribe import unsubscribe_url
+
+__all__ = ["Closed", "compose"]
+
+
+@dataclass(frozen=True)
+class Closed:
+    """A row that ends here without being sent, and why."""
+
+    delivery_id: int
+    status: DeliveryStatus
+    reason: str
+    detail: str
+
+
+def compose(
+    rt: Runtime,
+    row: Delivery,
+    member: Member | None,
+    consents: Mapping[str, Consent],
+    tokens: Sequence[PushToken],
+    campaign_status: str | None,
+) -> Message | Closed:
+    """Decide and render ``row``'s message, or say why it is not sent."""
+    if campaign_status == CampaignStatus.CANCELLED:
+        return Closed(row.id, DeliveryStatus.SUPPRESSED, "cancelled", "campaign cancelled")
+    if member is None or member.deleted_at is not None:
+        return Closed(row.id, DeliveryStatus.SUPPRESSED, "member_deleted", "member deleted")
+    version = rt.version(row.campaign_version_id)
+    decision = route(member, consents, tokens, row.channels.split(","), row.category)
+    if isinstance(decision, Skip):
+        return Closed(row.id, DeliveryStatus.SUPPRESSED, decision.reason, decision.detail)
+    metadata: dict[str, Any] = {
+        "campaign_version": version.version,
+        "run_id": row.run_id,
+        "max_sms_segments": version.spec.max_sms_segments,
+        **decision.metadata,
+    }
+    context = member_context(member, version, rt.settings.default_time_zone)
+    if decision.channel == "email" and rt.settings.public_url:
+        link = unsubscribe_url(rt.settings.public_url, rt.signing_key, member.id, decision.channel)
+        metadata["unsubscribe_url"] = context["unsubscribe_url"] = link
+    try:
+        parts = rt.renderer.render(
+            version.id, version.spec.template, version.templates, decision.channel, context
+        )
+    except TemplateError as exc:
+        return Closed(row.id, DeliveryStatus.FAILED, "render_error", str(exc))
+    return Message(
+        delivery_id=row.id,
+        dedupe_key=row.dedupe_key,
+        member_id=member.id,
+        channel=decision.channel,
+        to=decision.to,
+        parts=parts,
+        category=row.category,
+        campaign=version.campaign_name,
+        metadata=metadata,
+    )
