@@ -89,7 +89,9 @@ def _http_url(raw: str) -> str:
 def _sftp_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme != "sftp" or not parts.hostname or not parts.username:
-        raise ValueError("must look like sftp://user@host[:port]/folder")
+        raise ValueError("must look like sftp://user@host[:port]/folder?key=/path/to/key")
+    if parts.password is not None:
+        raise ValueError("passwords are not accepted: use key authentication (?key=...)")
     return raw
 
 

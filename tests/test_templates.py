@@ -234,7 +234,8 @@ def test_unsafe_template_names_are_refused(name: str, tmp_path: Path) -> None:
 def test_unknown_channel_is_refused() -> None:
     """A channel outside CHANNEL_PARTS is a TemplateError listing the known ones."""
     # Given / When / Then
-    with pytest.raises(TemplateError, match=r"unknown channel 'fax' \(known: direct_mail, email, push, sms\)"):
+    known = r"unknown channel 'fax' \(known: direct_mail, email, push, sms\)"
+    with pytest.raises(TemplateError, match=known):
         load_templates("welcome-1", ["fax"])
 
 

@@ -40,10 +40,12 @@ from channels import (
     InvalidRecipient,
     Message,
     Outcome,
+    PermanentDeliveryError,
     Receipt,
     RecipientOptedOut,
     TransientDeliveryError,
 )
+from channels.direct_mail import HOUSEHOLD
 from store import (
     Campaign,
     CampaignRun,
@@ -282,6 +284,8 @@ def _record(
             )
             if soon:
                 retry_soon[int(delay.total_seconds() * 1000)].append(did)
+        elif isinstance(outcome, PermanentDeliveryError) and outcome.code == HOUSEHOLD:
+            closed.append(_closed(did, DeliveryStatus.SUPPRESSED, "household", outcome.detail))
         elif isinstance(outcome, DeliveryError):
             reason = (
                 "retries_exhausted"

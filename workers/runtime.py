@@ -70,6 +70,37 @@ def build_channels(settings: Settings, client: redis.Redis | None = None) -> dic
             host=s.sendgrid_api_host,
             limiter=_limiter(client, s, "sendgrid", s.sendgrid_from_email, s.sendgrid_rate),
         )
+    fcm_ready = s.google_application_credentials and s.fcm_project_id
+    vapid_ready = s.vapid_private_key and s.vapid_subject
+    if fcm_ready or vapid_ready:
+        from channels.fcm import FcmSender
+        from channels.push import PushChannel
+        from channels.webpush import WebPushSender
+
+        fcm = None
+        if s.google_application_credentials and s.fcm_project_id:
+            fcm = FcmSender(
+                s.google_application_credentials,
+                s.fcm_project_id,
+                base_url=s.fcm_base_url,
+                limiter=_limiter(client, s, "fcm", s.fcm_project_id, s.fcm_rate),
+            )
+        webpush = None
+        if s.vapid_private_key and s.vapid_subject:
+            webpush = WebPushSender(
+                s.vapid_private_key,
+                s.vapid_subject,
+                limiter=_limiter(client, s, "webpush", "vapid", s.webpush_rate),
+            )
+        channels["push"] = PushChannel(fcm, webpush)
+    if s.direct_mail_dir or s.direct_mail_sftp_url:
+        from channels.direct_mail import DirectMailChannel
+        from channels.sftp import SftpTarget
+
+        channels["direct_mail"] = DirectMailChannel(
+            s.direct_mail_dir or s.data_dir / "direct-mail",
+            sftp=SftpTarget.from_url(s.direct_mail_sftp_url) if s.direct_mail_sftp_url else None,
+        )
     return channels
 
 
