@@ -1,7 +1,11 @@
-"""HTTP: event intake, provider webhooks and unsubscribe links.
+"""HTTP: provider webhooks, inbound SMS keywords and unsubscribe links.
 
-The ASGI app arrives with the real channels (Twilio, SendGrid, FCM, Web Push),
-whose callbacks it receives. May import store, channels and workers.
+:func:`create_app` builds the Starlette app (``loyalcast api`` serves it with
+uvicorn). One module per provider (:mod:`api._twilio`, :mod:`api._sendgrid`),
+the unsubscribe pages in :mod:`api._unsubscribe`; what they do to the store
+lives in :mod:`workers.feedback`. May import store, channels and workers.
 """
 
-__all__: list[str] = []
+from ._app import create_app
+
+__all__ = ["create_app"]

@@ -45,6 +45,7 @@ __all__ = [
     "DeliveryStatus",
     "Member",
     "PointLot",
+    "ProviderEvent",
     "PushToken",
     "RunStatus",
     "UTCDateTime",
@@ -286,6 +287,19 @@ class PushToken(Base):
         UniqueConstraint("kind", "token"),
         Index(None, "member_id"),
     )
+
+
+class ProviderEvent(Base):
+    """A provider callback event already applied, so a resent one is applied only once."""
+
+    __tablename__ = "provider_events"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16), doc="twilio, sendgrid, ...")
+    event_id: Mapped[str] = mapped_column(String(128), doc="the provider's id, e.g. sg_event_id")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("provider", "event_id"),)
 
 
 class Campaign(Base):

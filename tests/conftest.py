@@ -21,8 +21,8 @@ from store.engine import make_engine
 from store.migrate import upgrade
 from store.models import Base
 
-#: Fixtures kept in their own modules: the real OpenSSH server for SFTP tests.
-pytest_plugins = ["tests.sftp_server"]
+#: Fixtures kept in their own modules: a real OpenSSH server, real loyalcast processes.
+pytest_plugins = ["tests.sftp_server", "tests.process_fixtures"]
 
 PG_ADMIN_URL = os.environ.get(
     "LOYALCAST_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

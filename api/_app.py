@@ -1,0 +1,95 @@
+"""The ASGI app: routes, shared context, health check."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from loyalcast.settings import Settings
+from store import make_engine, make_sessionmaker
+
+from . import _sendgrid, _twilio, _unsubscribe
+from ._common import Context, context, log
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> Starlette:
+    """Build the HTTP API.
+
+    Routes:
+
+    - ``POST /webhooks/twilio/status``: message status callbacks (204).
+    - ``POST /webhooks/twilio/inbound``: inbound SMS keywords (TwiML).
+    - ``POST /webhooks/sendgrid/events``: the signed Event Webhook (200).
+    - ``GET``/``POST /unsubscribe/{token}``: confirmation page / unsubscribe.
+    - ``GET /healthz``: ``ok`` once the database answers.
+
+    A webhook with a bad or missing signature gets 403 and changes nothing; a
+    webhook whose secret is not configured gets 503 naming the setting.
+
+    Args:
+        settings: the configuration (secrets, ``public_url``, signing key).
+        sessions: sessions on the store; by default an engine on
+            ``settings.effective_database_url``, disposed at shutdown.
+
+    Returns:
+        The Starlette application.
+    """
+    engine: Engine | None = None
+    if sessions is None:
+        engine = make_engine(settings.effective_database_url)
+        sessions = make_sessionmaker(engine)
+    sendgrid_key, problem = _sendgrid.load_public_key(settings.sendgrid_webhook_public_key)
+    ctx = Context(
+        settings=settings,
+        sessions=sessions,
+        signing_key=settings.signing_key(),
+        sendgrid_key=sendgrid_key,
+        sendgrid_key_problem=problem,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        if engine is not None:
+            engine.dispose()
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/twilio/status", _twilio.status, methods=["POST"]),
+            Route("/webhooks/twilio/inbound", _twilio.inbound, methods=["POST"]),
+            Route("/webhooks/sendgrid/events", _sendgrid.events, methods=["POST"]),
+            Route("/unsubscribe/{token}", _unsubscribe.confirm_page, methods=["GET"]),
+            Route("/unsubscribe/{token}", _unsubscribe.unsubscribe, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.loyalcast = ctx
+    return app
+
+
+async def healthz(request: Request) -> PlainTextResponse:
+    """``GET /healthz``: ``ok`` after a ``SELECT 1``; 503 when the database does not answer."""
+    ctx = context(request)
+    try:
+        await run_in_threadpool(_ping, ctx)
+    except SQLAlchemyError as exc:
+        log.error("health check failed", error=type(exc).__name__)
+        return PlainTextResponse("database unavailable\n", status_code=503)
+    return PlainTextResponse("ok")
+
+
+def _ping(ctx: Context) -> None:
+    with ctx.sessions() as session:
+        session.execute(text("SELECT 1"))
