@@ -43,6 +43,7 @@ __all__ = [
     "ConsentStatus",
     "Delivery",
     "DeliveryStatus",
+    "HouseholdClaim",
     "Member",
     "PointLot",
     "ProviderEvent",
@@ -300,6 +301,24 @@ class ProviderEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (UniqueConstraint("provider", "event_id"),)
+
+
+class HouseholdClaim(Base):
+    """The one direct-mail piece a household gets per campaign run.
+
+    Written with INSERT ... ON CONFLICT DO NOTHING before a piece is exported:
+    the delivery whose claim lands owns the household; every other delivery
+    of the run to the same address is suppressed (reason ``household``).
+    """
+
+    __tablename__ = "household_claims"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("campaign_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    household_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Campaign(Base):

@@ -54,6 +54,21 @@ def require_redis() -> None:
 
 
 @pytest.fixture(scope="session")
+def provider_specs() -> None:
+    """The providers' pinned OpenAPI specs, fetched once (npm) and cached; skip or fail without."""
+    from channels.fakes.specs import PINNED, SpecUnavailable, spec_path
+
+    try:
+        for name in PINNED:
+            spec_path(name)
+    except SpecUnavailable as exc:
+        message = f"the providers' OpenAPI specs are not available: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
 def pg_database_url() -> Iterator[str]:
     """A PostgreSQL database of this test session's own, migrated, dropped at the end."""
     require_postgres()

@@ -28,6 +28,8 @@ from channels import (
     read_outbox,
 )
 
+pytestmark = [pytest.mark.usefixtures("provider_specs")]
+
 _ids = itertools.count(1)
 
 

@@ -26,6 +26,8 @@ from channels.fcm import FcmSender
 from channels.push import PushChannel
 from channels.webpush import DEFAULT_TTL, WebPushSender
 
+pytestmark = [pytest.mark.usefixtures("provider_specs")]
+
 PROJECT = "loyalcast-test"
 TITLE = "120 points expire on 3 Dec"
 BODY = "Use them before Friday — café vouchers included."

@@ -35,6 +35,8 @@ from channels.fakes.sendgrid import (
 from channels.fakes.specs import Overlay
 from channels.sendgrid import SendGridEmailChannel
 
+pytestmark = [pytest.mark.usefixtures("provider_specs")]
+
 SENDER = "Rewards <rewards@example.com>"
 UNSUBSCRIBE = "https://loyalcast.example/u/s1gned-t0ken"
 

@@ -26,6 +26,8 @@ from channels.fakes import FakeProvider, Scripted, SpecUnavailable
 from channels.fakes.twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio, twilio_spec
 from channels.twilio import TwilioSmsChannel
 
+pytestmark = [pytest.mark.usefixtures("provider_specs")]
+
 SENDER = "+15005550006"
 SERVICE = "MG" + "ab" * 16
 MEMBER_PHONE = "+15551234567"

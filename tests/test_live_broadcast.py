@@ -34,7 +34,7 @@ from store import (
 
 from .support import create, write_campaign
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis]
+pytestmark = [pytest.mark.usefixtures("provider_specs"), pytest.mark.slow, pytest.mark.redis]
 
 MEMBERS = 2400
 #: profile -> (consents, has push token, has phone, has address, expected channel or None)

@@ -402,3 +402,48 @@ def test_an_ambiguous_timeout_is_not_retried_unless_the_campaign_says_resend(
     # Then it is unknown (not sent twice), or deferred for a retry when resending is chosen
     row = _rows(sessions)[0]
     assert (row.status, row.reason) == expected
+
+
+def test_one_direct_mail_piece_per_household_across_batches(database_url, tmp_path):
+    """Two members at one address, in different deliver jobs: one piece, one 'household'."""
+    # Given two members of one household (written differently) and one elsewhere
+    sessions = sessions_for(database_url)
+    address = {"address_city": "Springfield", "address_state": "IL", "address_country": "US"}
+    with sessions.begin() as s:
+        first = add_member(
+            s,
+            consents={"direct_mail": "opted_in"},
+            address_line1="12 Main Street",
+            address_zip="62701",
+            **address,
+        ).id
+        second = add_member(
+            s,
+            consents={"direct_mail": "opted_in"},
+            address_line1="12 main st.",
+            address_zip="62701-1234",
+            **address,
+        ).id
+        other = add_member(
+            s,
+            consents={"direct_mail": "opted_in"},
+            address_line1="14 Main Street",
+            address_zip="62701",
+            **address,
+        ).id
+    created = create(sessions, write_campaign(tmp_path, channels="[direct_mail]"))
+    claim_due_runs(sessions)
+    channels = scripted_channels(names=("sms", "email", "push", "direct_mail"))
+    rt = runtime_for(database_url, tmp_path, channels=channels)
+    plan_run(rt, created.run_id)
+    rows = {r.member_id: r.id for r in _rows(sessions)}
+    # When each member's row is delivered by its own job, the second household member last
+    for member in (first, other, second):
+        deliver_batch(rt, [rows[member]])
+    # Then the household got one piece and the other member's row says why not
+    after = {r.member_id: r for r in _rows(sessions)}
+    assert after[first].status == "sent"
+    assert after[other].status == "sent"
+    assert (after[second].status, after[second].reason) == ("suppressed", "household")
+    assert after[second].detail == f"same address as delivery {rows[first]}"
+    assert sorted(m.member_id for m in channels["direct_mail"].sent) == sorted([first, other])

@@ -1,0 +1,196 @@
+"""Recording what providers answered: sent, retried later, unknown, failed, suppressed.
+
+Each claimed row's outcome is written with an UPDATE guarded by the claim's
+owner token. A transient error defers the row (``not_before`` = retry-after or
+backoff) until its attempts reach the campaign's ``max_attempts``; an
+ambiguous one (the provider may have the message) ends ``unknown`` unless the
+campaign says ``on_ambiguous: resend``. An answer can also mean more than
+this delivery: see :func:`apply_consequences`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, update
+from sqlalchemy.orm import Session
+
+from channels import (
+    DeliveryError,
+    InvalidRecipient,
+    Message,
+    Outcome,
+    PermanentDeliveryError,
+    Receipt,
+    RecipientOptedOut,
+    TransientDeliveryError,
+)
+from channels.direct_mail import HOUSEHOLD
+from store import ConsentStatus, DeliveryStatus, PushToken, utcnow
+
+from .feedback import set_consent
+from .jobs import enqueue_deliver
+from .ledger import DeliverResult, closed_entry, deliveries, status_is
+from .runtime import Runtime
+
+__all__ = ["MAX_BROKER_DELAY", "apply_consequences", "record_outcomes", "retry_delay"]
+
+#: Retries due sooner than this are re-enqueued as delayed jobs; later ones
+#: wait in the store for the sweeper (the broker never holds work for hours).
+MAX_BROKER_DELAY = timedelta(minutes=10)
+
+
+def retry_delay(attempts: int, retry_after: float | None) -> timedelta:
+    """The provider's retry-after when given, else exponential backoff with jitter."""
+    if retry_after is not None and retry_after > 0:
+        return timedelta(seconds=retry_after)
+    base = min(5 * 2 ** max(attempts - 1, 0), 3600)
+    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+
+
+def record_outcomes(
+    rt: Runtime,
+    messages: list[Message],
+    outcomes: list[Outcome],
+    claimed: dict[int, Any],
+    max_attempts: dict[int, int],
+    owner: str,
+    result: DeliverResult,
+) -> None:
+    """Write each claimed row's outcome, guarded by this claim's owner token.
+
+    A transient error retries until ``max_attempts``, except an ambiguous one
+    (the provider may have the message): that row ends ``unknown`` unless the
+    campaign said ``on_ambiguous: resend``.
+    """
+    now = utcnow()
+    sent: list[dict[str, Any]] = []
+    closed: list[dict[str, Any]] = []
+    deferred: list[dict[str, Any]] = []
+    retry_soon: dict[int, list[int]] = defaultdict(list)
+    for message, outcome in zip(messages, outcomes, strict=True):
+        did = message.delivery_id
+        if isinstance(outcome, Receipt):
+            sent.append(
+                {"b_id": did, "b_pid": outcome.provider_message_id, "b_at": outcome.accepted_at}
+            )
+        elif (
+            isinstance(outcome, TransientDeliveryError)
+            and outcome.ambiguous
+            and not claimed[did].resend_on_ambiguous
+        ):
+            closed.append(closed_entry(did, DeliveryStatus.UNKNOWN, "ambiguous", str(outcome)))
+        elif (
+            isinstance(outcome, TransientDeliveryError)
+            and claimed[did].attempts < max_attempts[did]
+        ):
+            delay = retry_delay(claimed[did].attempts, outcome.retry_after)
+            soon = delay <= MAX_BROKER_DELAY
+            deferred.append(
+                {
+                    "b_id": did,
+                    "b_until": now + delay,
+                    "b_detail": outcome.detail,
+                    "b_enq": now + delay if soon else None,
+                }
+            )
+            if soon:
+                retry_soon[int(delay.total_seconds() * 1000)].append(did)
+        elif isinstance(outcome, PermanentDeliveryError) and outcome.code == HOUSEHOLD:
+            closed.append(closed_entry(did, DeliveryStatus.SUPPRESSED, "household", outcome.detail))
+        elif isinstance(outcome, DeliveryError):
+            reason = (
+                "retries_exhausted"
+                if isinstance(outcome, TransientDeliveryError)
+                else outcome.reason
+            )
+            closed.append(closed_entry(did, DeliveryStatus.FAILED, reason, str(outcome)))
+    guard = (deliveries.c.id == bindparam("b_id"), deliveries.c.lease_owner == owner)
+    with rt.sessions.begin() as session:
+        if sent:
+            session.execute(
+                update(deliveries)
+                .where(*guard, status_is(DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN))
+                .values(
+                    status=DeliveryStatus.SENT,
+                    provider_message_id=bindparam("b_pid"),
+                    sent_at=bindparam("b_at"),
+                    reason=None,
+                    detail=None,
+                    lease_until=None,
+                    updated_at=now,
+                ),
+                sent,
+            )
+        if closed:
+            session.execute(
+                update(deliveries)
+                .where(*guard, deliveries.c.status == DeliveryStatus.SENDING)
+                .values(
+                    status=bindparam("b_status"),
+                    reason=bindparam("b_reason"),
+                    detail=bindparam("b_detail"),
+                    lease_until=None,
+                    updated_at=now,
+                ),
+                closed,
+            )
+        if deferred:
+            session.execute(
+                update(deliveries)
+                .where(*guard, deliveries.c.status == DeliveryStatus.SENDING)
+                .values(
+                    status=DeliveryStatus.DEFERRED,
+                    reason="retry",
+                    detail=bindparam("b_detail"),
+                    not_before=bindparam("b_until"),
+                    enqueued_at=bindparam("b_enq"),
+                    lease_until=None,
+                    updated_at=now,
+                ),
+                deferred,
+            )
+        apply_consequences(session, messages, outcomes, now)
+    result.add(DeliveryStatus.SENT, len(sent))
+    for entry in closed:
+        result.add(entry["b_status"])
+    result.add(DeliveryStatus.DEFERRED, len(deferred))
+    if rt.broker is not None:
+        for delay_ms, ids in retry_soon.items():
+            enqueue_deliver(rt.broker, ids, delay_ms=delay_ms)
+
+
+def apply_consequences(
+    session: Session, messages: list[Message], outcomes: list[Outcome], now: datetime
+) -> None:
+    """What a provider's answer means beyond this delivery.
+
+    - ``RecipientOptedOut`` (Twilio 21610, ...) records an opt-out on that
+      channel, so policy stops the next message before it reaches the provider.
+    - ``InvalidRecipient`` on push revokes the device token or subscription
+      the message used; the member's next push goes to another device or not
+      at all.
+    """
+    for message, outcome in zip(messages, outcomes, strict=True):
+        if isinstance(outcome, RecipientOptedOut):
+            set_consent(
+                session,
+                message.member_id,
+                message.channel,
+                ConsentStatus.OPTED_OUT,
+                source=f"provider:{outcome.code or 'opted-out'}",
+                detail=outcome.detail,
+                at=now,
+            )
+        elif isinstance(outcome, InvalidRecipient) and "push_token_id" in message.metadata:
+            session.execute(
+                update(PushToken)
+                .where(
+                    PushToken.id == message.metadata["push_token_id"],
+                    PushToken.revoked_at.is_(None),
+                )
+                .values(revoked_at=now)
+            )
