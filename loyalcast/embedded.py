@@ -31,8 +31,14 @@ def channel_lines(settings: Settings) -> list[str]:
 
 
 def child_env(settings: Settings, redis_url: str) -> dict[str, str]:
-    """The environment for a child process that must see the same store and Redis."""
-    env = dict(os.environ)
+    """The environment for a child process with exactly these settings, this store and Redis.
+
+    Every loyalcast variable of the parent's environment is dropped first, so a
+    setting the parent cleared (the demo clears provider credentials) stays
+    cleared in the child.
+    """
+    ours = {env for env, _, _ in Settings.documented()}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update(settings.to_env())
     env["LOYALCAST_DATABASE_URL"] = settings.effective_database_url
     env["LOYALCAST_OUTBOX_DIR"] = str(settings.effective_outbox_dir.resolve())

@@ -241,3 +241,36 @@ def test_run_delivers_due_campaigns_and_stops_cleanly(tmp_path: Path):
     assert "channel email: outbox" in output
     assert proc.returncode == 0, output
     assert _leftovers(str(tmp_path / "data")) == []
+
+
+def test_api_serves_health_on_the_configured_port(tmp_path: Path):
+    """`loyalcast api` starts uvicorn on the port asked for and answers /healthz."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [LOYALCAST, "api", "--port", str(port)],
+        cwd=tmp_path,
+        env=_env(tmp_path, LOYALCAST_PUBLIC_URL="https://loyalty.example"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        body = None
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    body = (r.status, r.read().decode())
+            except OSError:
+                time.sleep(0.2)
+        assert body is not None, "the api never answered"
+        assert body[0] == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert "channel sms: outbox" in output

@@ -71,3 +71,27 @@ def test_the_readme_documents_every_variable():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [env for env, _, _ in Settings.documented() if f"| `{env}` |" not in readme]
     assert missing == []
+
+
+def test_the_demo_never_goes_live_even_with_credentials_in_the_environment(monkeypatch):
+    """Provider credentials in the environment do not reach the demo or its workers."""
+    from loyalcast.demo import demo_settings
+    from loyalcast.embedded import channel_lines, child_env
+
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "live-token")
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.live")
+    settings = demo_settings(
+        Settings.from_env(
+            {
+                "TWILIO_ACCOUNT_SID": "AC1",
+                "TWILIO_AUTH_TOKEN": "live-token",
+                "TWILIO_FROM_NUMBER": "+15005550006",
+                "SENDGRID_API_KEY": "SG.live",
+                "SENDGRID_FROM_EMAIL": "a@example.com",
+            }
+        )
+    )
+    assert all("outbox" in line for line in channel_lines(settings))
+    env = child_env(settings, "unix:///tmp/demo.sock")
+    assert "TWILIO_AUTH_TOKEN" not in env
+    assert "SENDGRID_API_KEY" not in env

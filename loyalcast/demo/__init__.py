@@ -41,7 +41,11 @@ CAMPAIGN_FILE = Path(__file__).parent / "winter-double-points.yaml"
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """The demo's own settings: a fresh folder, its own SQLite file, a private Redis, fast ticks."""
+    """The demo's own settings: a fresh folder, its own SQLite file, a private Redis, fast ticks.
+
+    Every channel is in outbox mode whatever credentials the environment holds:
+    the demo's members are invented and must never be texted or mailed.
+    """
     return dataclasses.replace(
         settings,
         data_dir=(settings.data_dir / "demo").resolve(),
@@ -50,6 +54,13 @@ def demo_settings(settings: Settings) -> Settings:
         outbox_dir=None,
         tick_seconds=1.0,
         sweep_seconds=5.0,
+        twilio_account_sid=None,
+        twilio_auth_token=None,
+        sendgrid_api_key=None,
+        google_application_credentials=None,
+        vapid_private_key=None,
+        direct_mail_dir=None,
+        direct_mail_sftp_url=None,
     )
 
 
