@@ -34,7 +34,6 @@ import threading
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,6 @@ import requests
 from google.oauth2 import service_account
 from pyfcm import FCMNotification
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ProtocolError
 
 from .base import Receipt
 from .errors import (
@@ -53,6 +51,7 @@ from .errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from .http import is_ambiguous, retry_after_seconds
 from .ratelimit import NoLimit, RateLimiter
 
 __all__ = ["DEFAULT_FCM_BASE_URL", "FCM_ERRORS", "FCM_SCOPE", "FcmSender"]
@@ -245,7 +244,7 @@ class FcmSender:
             detail = f"the OAuth token endpoint is unreachable: {exc}"
             raise TransientDeliveryError(detail, code="token_endpoint") from exc
         except requests.RequestException as exc:
-            if _ambiguous(exc):
+            if is_ambiguous(exc):
                 detail = f"FCM did not answer in {self.timeout} s or cut its answer off"
                 raise TransientDeliveryError(
                     f"{detail}; it may have accepted the message", code="timeout", ambiguous=True
@@ -272,31 +271,6 @@ def _json(response: requests.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _ambiguous(exc: requests.RequestException) -> bool:
-    """True when the request may have reached FCM: a read timeout, or the answer cut off."""
-    if isinstance(exc, requests.ReadTimeout):
-        return True
-    cause = exc.args[0] if exc.args else None
-    return isinstance(exc, requests.ConnectionError) and isinstance(cause, ProtocolError)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000" means UTC too
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _google_error(response: requests.Response) -> tuple[dict[str, Any], str | None]:
@@ -328,7 +302,7 @@ def _translate(
     error, fcm_code = _google_error(response)
     code = str(fcm_code or error.get("status") or status)
     message = str(error.get("message") or response.reason or "")
-    wait = _retry_after(response.headers.get("Retry-After"))
+    wait = retry_after_seconds(response.headers.get("Retry-After"))
     kind, meaning = FCM_ERRORS.get(code, (None, ""))
     if kind is None:
         # No Google error shape (a proxy, a wrong base URL): judge by the status only,

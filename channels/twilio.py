@@ -34,7 +34,6 @@ import re
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
@@ -52,6 +51,7 @@ from .errors import (
     RecipientOptedOut,
     TransientDeliveryError,
 )
+from .http import retry_after_seconds
 from .ratelimit import NoLimit, RateLimiter
 from .sms_segments import count_segments
 
@@ -315,7 +315,7 @@ def _translate(
         if status == 429 or status >= 500:
             kind = TransientDeliveryError
         if kind is TransientDeliveryError:
-            retry_after = _retry_after(headers)
+            retry_after = retry_after_seconds((headers or {}).get("Retry-After"))
             if retry_after is None and (status == 429 or code == 20429):
                 retry_after = DEFAULT_RETRY_AFTER
             return TransientDeliveryError(detail, retry_after=retry_after, code=str(code))
@@ -341,21 +341,3 @@ def _twilio_text(exc: Any) -> str:
     if isinstance(exc, TwilioServiceException):
         return f"{exc.title}: {exc.detail}" if exc.detail else str(exc.title)
     return _SDK_PREFIX.sub("", str(exc.msg)) or str(exc.msg)
-
-
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None if absent."""
-    value = (headers or {}).get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())

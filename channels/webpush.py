@@ -27,7 +27,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -37,7 +36,6 @@ from cryptography.hazmat.primitives import serialization
 from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher, WebPushException
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ProtocolError
 
 from .base import Receipt
 from .errors import (
@@ -46,6 +44,7 @@ from .errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from .http import is_ambiguous, retry_after_seconds
 from .ratelimit import NoLimit, RateLimiter
 
 __all__ = ["DEFAULT_TTL", "WEBPUSH_ERRORS", "WebPushSender"]
@@ -229,7 +228,7 @@ class WebPushSender:
         except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
             raise InvalidRecipient(f"the push endpoint is not a usable URL: {exc}") from exc
         except requests.RequestException as exc:
-            if _ambiguous(exc):
+            if is_ambiguous(exc):
                 detail = f"{origin} did not answer in {self.timeout} s or cut its answer off"
                 raise TransientDeliveryError(
                     f"{detail}; it may have accepted the message", code="timeout", ambiguous=True
@@ -256,31 +255,6 @@ class WebPushSender:
             session.close()
 
 
-def _ambiguous(exc: requests.RequestException) -> bool:
-    """True when the push may have reached the service: a read timeout, or the answer cut off."""
-    if isinstance(exc, requests.ReadTimeout):
-        return True
-    cause = exc.args[0] if exc.args else None
-    return isinstance(exc, requests.ConnectionError) and isinstance(cause, ProtocolError)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000" means UTC too
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def _translate(response: requests.Response, limiter: RateLimiter, origin: str) -> DeliveryError:
     """The one place push services' answers become delivery errors."""
     status = response.status_code
@@ -293,7 +267,7 @@ def _translate(response: requests.Response, limiter: RateLimiter, origin: str) -
     text = (response.text or "").strip()[:300]
     detail = f"{meaning}: {status} {text}" if text else f"{meaning}: {status}"
     if kind is TransientDeliveryError:
-        wait = _retry_after(response.headers.get("Retry-After"))
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
         if status == 429:
             wait = DEFAULT_RATE_BACKOFF if wait is None else wait
             limiter.block(wait)

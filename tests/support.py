@@ -125,6 +125,20 @@ def create(sessions: sessionmaker[Session], path: Path) -> CreatedCampaign:
     return create_campaign(sessions, path)
 
 
+class RecordingLimiter:
+    """A rate limiter that never waits and remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+        self.blocks: list[float] = []
+
+    def wait(self) -> None:
+        self.waits += 1
+
+    def block(self, seconds: float) -> None:
+        self.blocks.append(seconds)
+
+
 class ScriptedChannel(BatchChannel):
     """A channel whose outcome per message is decided by ``script(message)``.
 

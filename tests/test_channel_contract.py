@@ -28,23 +28,11 @@ from channels import (
     read_outbox,
 )
 
+from .support import RecordingLimiter
+
 pytestmark = [pytest.mark.usefixtures("provider_specs")]
 
 _ids = itertools.count(1)
-
-
-class RecordingLimiter:
-    """A rate limiter that never waits and remembers every block()."""
-
-    def __init__(self) -> None:
-        self.waits = 0
-        self.blocks: list[float] = []
-
-    def wait(self) -> None:
-        self.waits += 1
-
-    def block(self, seconds: float) -> None:
-        self.blocks.append(seconds)
 
 
 @dataclass

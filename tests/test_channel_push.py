@@ -26,25 +26,13 @@ from channels.fcm import FcmSender
 from channels.push import PushChannel
 from channels.webpush import DEFAULT_TTL, WebPushSender
 
+from .support import RecordingLimiter
+
 pytestmark = [pytest.mark.usefixtures("provider_specs")]
 
 PROJECT = "loyalcast-test"
 TITLE = "120 points expire on 3 Dec"
 BODY = "Use them before Friday — café vouchers included."
-
-
-class RecordingLimiter:
-    """A rate limiter that records what the channel asked of it."""
-
-    def __init__(self) -> None:
-        self.waits = 0
-        self.blocks: list[float] = []
-
-    def wait(self) -> None:
-        self.waits += 1
-
-    def block(self, seconds: float) -> None:
-        self.blocks.append(seconds)
 
 
 def push_message(to: str, kind: str | None, *, delivery_id: int = 41, **metadata: Any) -> Message:

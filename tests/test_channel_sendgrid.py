@@ -35,24 +35,12 @@ from channels.fakes.sendgrid import (
 from channels.fakes.specs import Overlay
 from channels.sendgrid import SendGridEmailChannel
 
+from .support import RecordingLimiter
+
 pytestmark = [pytest.mark.usefixtures("provider_specs")]
 
 SENDER = "Rewards <rewards@example.com>"
 UNSUBSCRIBE = "https://loyalcast.example/u/s1gned-t0ken"
-
-
-class RecordingLimiter:
-    """A RateLimiter that counts waits and records blocks."""
-
-    def __init__(self) -> None:
-        self.waits = 0
-        self.blocks: list[float] = []
-
-    def wait(self) -> None:
-        self.waits += 1
-
-    def block(self, seconds: float) -> None:
-        self.blocks.append(seconds)
 
 
 def _no_spec(exc: SpecUnavailable) -> None:

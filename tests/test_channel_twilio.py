@@ -26,26 +26,14 @@ from channels.fakes import FakeProvider, Scripted, SpecUnavailable
 from channels.fakes.twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio, twilio_spec
 from channels.twilio import TwilioSmsChannel
 
+from .support import RecordingLimiter
+
 pytestmark = [pytest.mark.usefixtures("provider_specs")]
 
 SENDER = "+15005550006"
 SERVICE = "MG" + "ab" * 16
 MEMBER_PHONE = "+15551234567"
 CALLBACK = "https://loyalty.example.com/webhooks/twilio/status"
-
-
-class RecordingLimiter:
-    """A rate limiter that lets everything through and remembers what it was told."""
-
-    def __init__(self) -> None:
-        self.waits = 0
-        self.blocks: list[float] = []
-
-    def wait(self) -> None:
-        self.waits += 1
-
-    def block(self, seconds: float) -> None:
-        self.blocks.append(seconds)
 
 
 @pytest.fixture(scope="module", autouse=True)
