@@ -394,7 +394,36 @@ class Settings:
         settings = cls(**values)
         if settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError("LOYALCAST_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
+        settings._check_providers(environ)
         return settings
+
+    def _check_providers(self, environ: Mapping[str, str]) -> None:
+        """A provider configured halfway is an error, not a silent fall back to the outbox."""
+        groups = [
+            (
+                "Twilio SMS",
+                ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"],
+                ["TWILIO_FROM_NUMBER", "TWILIO_MESSAGING_SERVICE_SID"],
+            ),
+            ("SendGrid email", ["SENDGRID_API_KEY", "SENDGRID_FROM_EMAIL"], []),
+            ("FCM push", ["GOOGLE_APPLICATION_CREDENTIALS", "FCM_PROJECT_ID"], []),
+            ("Web Push", ["VAPID_PRIVATE_KEY", "VAPID_SUBJECT"], []),
+        ]
+        given = {name for name, value in environ.items() if value.strip()}
+        for provider, required, one_of in groups:
+            if not given & {*required, *one_of}:
+                continue
+            for name in required:
+                if name not in given:
+                    raise SettingsError(
+                        name, f"needed for {provider}, whose other settings are set"
+                    )
+            if one_of and not given & set(one_of):
+                raise SettingsError(one_of[0], f"{provider} needs {' or '.join(one_of)}")
+        if self.twilio_from_number and self.twilio_messaging_service_sid:
+            raise SettingsError(
+                "TWILIO_MESSAGING_SERVICE_SID", "set it or TWILIO_FROM_NUMBER, not both"
+            )
 
     @classmethod
     def documented(cls) -> list[tuple[str, str, str]]:

@@ -95,3 +95,20 @@ def test_the_demo_never_goes_live_even_with_credentials_in_the_environment(monke
     env = child_env(settings, "unix:///tmp/demo.sock")
     assert "TWILIO_AUTH_TOKEN" not in env
     assert "SENDGRID_API_KEY" not in env
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"TWILIO_ACCOUNT_SID": "AC1", "TWILIO_FROM_NUMBER": "+15005550006"}, "TWILIO_AUTH_TOKEN"),
+        ({"TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t"}, "TWILIO_FROM_NUMBER"),
+        ({"SENDGRID_API_KEY": "SG.x"}, "SENDGRID_FROM_EMAIL"),
+        ({"FCM_PROJECT_ID": "p"}, "GOOGLE_APPLICATION_CREDENTIALS"),
+        ({"VAPID_PRIVATE_KEY": "k"}, "VAPID_SUBJECT"),
+    ],
+)
+def test_a_half_configured_provider_is_refused_naming_what_is_missing(environ, variable):
+    """Credentials set halfway stop the start instead of silently using the outbox."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(environ)
+    assert info.value.variable == variable
