@@ -161,3 +161,17 @@ def test_after_a_sendgrid_unsubscribe_event_the_next_marketing_email_is_not_sent
     third = _broadcast(world, "mail-three", "[email]")
     assert (third.status, third.reason) == ("suppressed", "consent")
     assert len(sendgrid.mails) == 2
+
+
+def test_twilio_21610_fails_the_sms_and_records_the_opt_out(world, twilio):
+    """Twilio's 21610 (recipient unsubscribed) fails this SMS and stops the next one unsent."""
+    # Given Twilio answering the next message with 21610
+    twilio.fail_next(21610)
+    # When an SMS campaign goes out
+    first = _broadcast(world, "sms-one", "[sms]")
+    # Then that delivery failed with the reason, and the member's SMS consent says so
+    assert (first.status, first.reason) == ("failed", "opted_out")
+    second = _broadcast(world, "sms-two", "[sms]")
+    assert (second.status, second.reason) == ("suppressed", "consent")
+    assert "via provider:21610" in second.detail
+    assert twilio.messages == []

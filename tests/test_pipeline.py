@@ -447,3 +447,31 @@ def test_one_direct_mail_piece_per_household_across_batches(database_url, tmp_pa
     assert (after[second].status, after[second].reason) == ("suppressed", "household")
     assert after[second].detail == f"same address as delivery {rows[first]}"
     assert sorted(m.member_id for m in channels["direct_mail"].sent) == sorted([first, other])
+
+
+def test_an_invalid_push_device_is_revoked_and_the_next_push_goes_elsewhere(database_url, tmp_path):
+    """InvalidRecipient on push revokes that token; the member's next message uses email."""
+    from store import PushToken
+
+    # Given a member with a dead push token, consented to push and email
+    sessions = sessions_for(database_url)
+    with sessions.begin() as s:
+        member = add_member(
+            s, consents={"push": "opted_in", "email": "opted_in"}, push_token="dead-token"
+        ).id
+    channels = scripted_channels(
+        lambda m: InvalidRecipient("UNREGISTERED") if m.channel == "push" else None
+    )
+    rt = runtime_for(database_url, tmp_path, channels=channels)
+    for name in ("first", "second"):
+        created = create(sessions, write_campaign(tmp_path, name=name))
+        claim_due_runs(sessions)
+        plan_run(rt, created.run_id)
+        deliver_batch(rt, [r.id for r in _rows(sessions, created.run_id)])
+    # Then the first delivery failed on push, the token is revoked, the second went by email
+    first, second = _rows(sessions)
+    assert (first.status, first.reason, first.channel) == ("failed", "invalid_recipient", "push")
+    assert (second.status, second.channel) == ("sent", "email")
+    with sessions() as s:
+        token = s.scalars(select(PushToken).where(PushToken.member_id == member)).one()
+        assert token.revoked_at is not None
