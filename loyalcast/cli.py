@@ -159,6 +159,38 @@ def members_import(
         raise typer.Exit(1)
 
 
+@members_app.command("why")
+def members_why(
+    member: Annotated[str, typer.Argument(help="The member's external id.")],
+    campaign: Annotated[str | None, typer.Option(help="Only this campaign's deliveries.")] = None,
+    limit: Annotated[int, typer.Option(help="How many recent deliveries.", min=1)] = 20,
+) -> None:
+    """Show a member's consents and recent deliveries, each with why it was or was not sent."""
+    from workers.history import member_history
+
+    settings = load_settings()
+    sessions = _sessions(settings)
+    try:
+        history = member_history(sessions, member, campaign=campaign, limit=limit)
+    except LookupError as exc:
+        fail(str(exc))
+    zone = history.time_zone or f"{settings.default_time_zone} (program default)"
+    console.print(f"[bold]{history.external_id}[/] {history.name or ''} — time zone {zone}")
+    consents = Table("channel", "consent", "since", "source", title="consent")
+    for line in history.consents:
+        consents.add_row(
+            line.channel, line.status, f"{line.updated_at:%Y-%m-%d %H:%M}Z", line.source
+        )
+    console.print(consents)
+    table = Table("created", "campaign", "channel", "status", "why", title="deliveries")
+    for d in history.deliveries:
+        why = ": ".join(part for part in (d.reason, d.detail) if part)
+        if d.status == "deferred" and d.not_before is not None:
+            why = f"{why} (until {d.not_before:%Y-%m-%d %H:%M}Z)"
+        table.add_row(f"{d.created_at:%Y-%m-%d %H:%M}Z", d.campaign, d.channel or "", d.status, why)
+    console.print(table)
+
+
 @campaigns_app.command("create")
 def campaigns_create(
     file: Annotated[Path, typer.Argument(help="The campaign file (YAML).")],

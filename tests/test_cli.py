@@ -274,3 +274,38 @@ def test_api_serves_health_on_the_configured_port(tmp_path: Path):
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)
     assert "channel sms: outbox" in output
+
+
+def test_members_why_lists_deliveries_with_their_reasons(tmp_path: Path, sqlite_url: str):
+    """`members why` shows consents and each recent delivery with why it was or was not sent."""
+    from scheduler import claim_due_runs
+    from workers.delivery import deliver_batch
+    from workers.planning import plan_run
+
+    from .support import add_member, create, runtime_for, sessions_for
+
+    # Given a member who opted out of SMS by STOP and a broadcast that tried to reach them
+    sessions = sessions_for(sqlite_url)
+    with sessions.begin() as s:
+        add_member(s, external_id="ADA-1", email=None, consents={"sms": "opted_out"})
+    created = create(sessions, write_campaign(tmp_path, channels="[sms, email]"))
+    claim_due_runs(sessions)
+    rt = runtime_for(sqlite_url, tmp_path)
+    plan_run(rt, created.run_id)
+    with sessions() as s:
+        ids = list(s.scalars(select(Delivery.id)))
+    deliver_batch(rt, ids)
+    # When the operator asks why
+    result = _run(
+        tmp_path, "members", "why", "ADA-1", LOYALCAST_DATABASE_URL=sqlite_url, COLUMNS="200"
+    )
+    # Then the consent and the suppression reason with its detail are shown
+    assert result.returncode == 0, result.stderr
+    out = " ".join(re.sub(r"[\u2500-\u257f]", " ", result.stdout).split())  # no box drawing
+    assert "sms opted_out" in out
+    assert "test-broadcast" in out
+    assert "suppressed" in out
+    assert "consent: sms: opted out" in out
+    missing = _run(tmp_path, "members", "why", "NOBODY", LOYALCAST_DATABASE_URL=sqlite_url)
+    assert missing.returncode == 1
+    assert "no member with external id 'NOBODY'" in missing.stderr
