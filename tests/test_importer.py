@@ -562,3 +562,35 @@ def test_member_inserted_meanwhile_is_updated(
     assert (report.inserted, report.updated) == (0, 1)
     assert (member(engine, "M1").tier, count(engine, Member)) == ("gold", 1)
     assert count(engine, ConsentEvent) == 1
+
+
+def test_an_import_never_reverses_a_members_own_opt_out(engine, tmp_path):
+    """consent_sms=yes in a file does not undo a STOP reply; it does undo an imported opt-out."""
+    from sqlalchemy import select
+
+    from store import Consent, Member
+    from store.importer import import_members
+
+    # Given two members who opted out of SMS: one by STOP, one in an earlier import
+    first = tmp_path / "first.csv"
+    first.write_text("external_id,phone,consent_sms\nS1,+14155550101,no\nS2,+14155550102,no\n")
+    import_members(engine, first)
+    with engine.begin() as conn:
+        s1 = conn.scalar(select(Member.id).where(Member.external_id == "S1"))
+        conn.execute(
+            Consent.__table__.update().where(Consent.member_id == s1).values(source="sms-keyword")
+        )
+    # When a later file says both opted in
+    second = tmp_path / "second.csv"
+    second.write_text("external_id,consent_sms\nS1,yes\nS2,yes\n")
+    import_members(engine, second)
+    # Then the STOP stands and the imported opt-out is reversed
+    with engine.connect() as conn:
+        got = dict(
+            conn.execute(
+                select(Member.external_id, Consent.status).join(
+                    Consent, Consent.member_id == Member.id
+                )
+            ).all()
+        )
+    assert got == {"S1": "opted_out", "S2": "opted_in"}

@@ -37,7 +37,9 @@ What an import changes
     A consent value writes the member's consent for that channel, and a
     consent event (source ``import:<file name>`` unless one is given, detail
     naming the line), only when the status actually changes; a blank consent
-    leaves it unchanged. Point lots are appended only for members inserted by
+    leaves it unchanged. An import never reverses an opt-out the member made
+    themselves (a STOP reply, an unsubscribe link, a provider's report): only
+    an opt-out that came from an import can be turned back into an opt-in. Point lots are appended only for members inserted by
     this import, so importing the same file again does not add them twice:
     importing a file again changes nothing.
 

@@ -177,7 +177,12 @@ def _write_consents(
     file: str,
     now: datetime,
 ) -> None:
-    """Write each consent that differs from the stored one, and one event per change."""
+    """Write each consent that differs from the stored one, and one event per change.
+
+    An import never opts a member back in over an opt-out the member made
+    themselves (a STOP reply, an unsubscribe link, a provider's report): only
+    an opt-out that itself came from an import can be reversed by an import.
+    """
     wanted = [
         (member_ids[row.external_id], channel, status, row.line)
         for row in rows
@@ -185,21 +190,24 @@ def _write_consents(
     ]
     if not wanted:
         return
-    current: dict[tuple[int, str], str] = {}
+    current: dict[tuple[int, str], tuple[str, str]] = {}
     lookup = sorted({member_id for member_id, *_ in wanted if member_id in had_members})
     for batch in _batches(lookup):
-        query = select(_CONSENTS.c.member_id, _CONSENTS.c.channel, _CONSENTS.c.status).where(
-            _CONSENTS.c.member_id.in_(batch)
-        )
-        for member_id, channel, status in conn.execute(query):
-            current[(member_id, channel)] = status
+        query = select(
+            _CONSENTS.c.member_id, _CONSENTS.c.channel, _CONSENTS.c.status, _CONSENTS.c.source
+        ).where(_CONSENTS.c.member_id.in_(batch))
+        for member_id, channel, status, held_source in conn.execute(query):
+            current[(member_id, channel)] = (status, held_source)
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for member_id, channel, status, line in wanted:
-        before = current.get((member_id, channel))
+        held = current.get((member_id, channel))
+        before = held[0] if held else None
         if before == status:
             continue
+        if before == "opted_out" and held is not None and not held[1].startswith("import"):
+            continue  # the member's own opt-out stands
         change = {"status": status, "source": source, "updated_at": now}
         if before is None:
             inserts.append(change | {"member_id": member_id, "channel": channel})
