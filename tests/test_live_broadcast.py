@@ -70,7 +70,7 @@ def _seed(database_url: str) -> dict[int, str | None]:
                     "external_id": f"L{i:05d}",
                     "name": f"Member {i}",
                     "email": None if name == "sms-no-phone" else f"m{i}@example.com",
-                    "phone": f"+1415{i:07d}" if phone else None,
+                    "phone": f"+1415555{i:04d}" if phone else None,
                     "locale": "en_US",
                     "time_zone": "America/New_York",
                     "tier": "gold",

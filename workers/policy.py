@@ -6,7 +6,8 @@ Consent rule (written here because the README quotes it):
 - ``marketing`` needs an explicit opt-in on the channel.
 - ``service`` and ``transactional`` need only the absence of an opt-out.
 
-Reachability: ``sms`` needs an E.164 phone, ``email`` an address, ``push`` a
+Reachability: ``sms`` needs a valid E.164 phone (phonenumbers), ``email`` a
+syntactically valid address (email-validator, no DNS), ``push`` a
 live (not revoked) FCM token or Web Push subscription (the newest one), and
 ``direct_mail`` a complete postal address: line 1, city, postal code and
 country, plus a state for the US. With a preference order the first channel that is
@@ -20,19 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
 
 from store import Consent, ConsentStatus, Member, PushToken
 
-__all__ = ["UNREACHABLE", "Route", "Skip", "postal_address", "route"]
-
-#: What "unreachable" means on each channel, as recorded in the delivery's detail.
-UNREACHABLE = {
-    "sms": "no valid phone",
-    "email": "no address",
-    "push": "no live device",
-    "direct_mail": "incomplete postal address",
-}
+__all__ = ["Route", "Skip", "postal_address", "route", "valid_email", "valid_phone"]
 
 
 @dataclass(frozen=True)
@@ -79,17 +76,41 @@ def postal_address(member: Member) -> dict[str, str] | None:
     return fields
 
 
-def _reach(member: Member, channel: str, tokens: Sequence[PushToken]) -> Route | None:
+@lru_cache(maxsize=65536)
+def valid_phone(phone: str) -> bool:
+    """True for a valid number written in E.164 (checked with phonenumbers)."""
+    if not (phone.startswith("+") and phone[1:].isdigit()):
+        return False
+    try:
+        return bool(phonenumbers.is_valid_number(phonenumbers.parse(phone, None)))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+@lru_cache(maxsize=65536)
+def valid_email(address: str) -> bool:
+    """True for a syntactically valid address (email-validator; no DNS lookup)."""
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+def _reach(member: Member, channel: str, tokens: Sequence[PushToken]) -> Route | str:
+    """A route on ``channel``, or why the member cannot be reached there."""
     if channel == "sms":
-        phone = member.phone
-        ok = phone and phone.startswith("+") and phone[1:].isdigit()
-        return Route(channel, phone) if ok and phone else None
+        if not member.phone:
+            return "no phone"
+        return Route(channel, member.phone) if valid_phone(member.phone) else "invalid phone"
     if channel == "email":
-        return Route(channel, member.email) if member.email else None
+        if not member.email:
+            return "no address"
+        return Route(channel, member.email) if valid_email(member.email) else "email invalid"
     if channel == "push":
         live = [t for t in tokens if t.revoked_at is None]
         if not live:
-            return None
+            return "no live device"
         token = live[-1]
         metadata: dict[str, Any] = {"push_kind": token.kind, "push_token_id": token.id}
         if token.kind == "webpush":
@@ -98,10 +119,10 @@ def _reach(member: Member, channel: str, tokens: Sequence[PushToken]) -> Route |
     if channel == "direct_mail":
         address = postal_address(member)
         if address is None:
-            return None
+            return "incomplete postal address"
         label = ", ".join(v for k, v in address.items() if v and k != "name")
         return Route(channel, label, {"address": address})
-    return None
+    return f"unknown channel {channel!r}"
 
 
 def route(
@@ -119,8 +140,8 @@ def route(
             problems.append((channel, "consent", problem))
             continue
         reached = _reach(member, channel, tokens)
-        if reached is None:
-            problems.append((channel, "unreachable", UNREACHABLE[channel]))
+        if isinstance(reached, str):
+            problems.append((channel, "unreachable", reached))
             continue
         return reached
     reason = problems[0][1] if problems else "no_channel"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
+import phonenumbers
 from sqlalchemy import Engine, insert
 
 from store import Consent, ConsentEvent, Member, PointLot, PushToken
@@ -54,7 +56,8 @@ LAST = [
     "Mensah",
     "Weber",
 ]
-#: (time zone, locale, country, phone country code)
+#: (time zone, locale, country, calling code); phone numbers are valid mobile numbers of
+#: the country, made from phonenumbers' example number.
 PLACES = [
     ("America/New_York", "en_US", "US", "1"),
     ("America/Chicago", "en_US", "US", "1"),
@@ -71,9 +74,22 @@ TIERS = [("basic", 45), ("silver", 30), ("gold", 18), ("platinum", 7)]
 CHUNK = 1000
 
 
+@cache
+def _example_mobile(region: str) -> str:
+    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+    if example is None:
+        raise ValueError(f"phonenumbers has no example mobile number for {region}")
+    return phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _mobile(region: str, rng: random.Random) -> str:
+    """A valid mobile number of ``region``: its example number with new last four digits."""
+    return _example_mobile(region)[:-4] + f"{rng.randint(0, 9999):04d}"
+
+
 def _member(rng: random.Random, i: int, now: datetime) -> dict[str, Any]:
     first, last = rng.choice(FIRST), rng.choice(LAST)
-    zone, locale, country, code = rng.choice(PLACES)
+    zone, locale, country, _code = rng.choice(PLACES)
     tier = rng.choices([t for t, _ in TIERS], [w for _, w in TIERS])[0]
     balance = int(rng.lognormvariate(6.0, 1.0)) * (2 if tier in ("gold", "platinum") else 1)
     handle = f"{first}.{last}{i}".lower().encode("ascii", "ignore").decode()
@@ -82,9 +98,7 @@ def _member(rng: random.Random, i: int, now: datetime) -> dict[str, Any]:
         "external_id": f"M{i:07d}",
         "name": f"{first} {last}",
         "email": f"{handle}@example.com" if rng.random() < 0.95 else None,
-        "phone": f"+{code}{rng.randint(200, 989)}{rng.randint(1000000, 9999999)}"
-        if rng.random() < 0.9
-        else None,
+        "phone": _mobile(country, rng) if rng.random() < 0.9 else None,
         "locale": locale,
         "time_zone": zone,
         "tier": tier,
