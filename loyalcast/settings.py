@@ -245,6 +245,14 @@ class Settings:
             "Country assumed for imported phone numbers written without +country code.",
         ),
     )
+    policy_file: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "LOYALCAST_POLICY_FILE",
+            Path,
+            "The program policy file (YAML): caps, quiet hours, default time zone, attributes.",
+        ),
+    )
     log_level: str = field(
         default="INFO",
         metadata=_meta(

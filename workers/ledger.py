@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, or_, update
@@ -16,7 +17,16 @@ from sqlalchemy.orm import Session
 
 from store import Delivery, DeliveryStatus, utcnow
 
-__all__ = ["OPEN", "DeliverResult", "closed_entry", "deliveries", "status_is", "write_closed"]
+__all__ = [
+    "OPEN",
+    "DeliverResult",
+    "closed_entry",
+    "deferred_entry",
+    "deliveries",
+    "status_is",
+    "write_closed",
+    "write_deferred",
+]
 
 #: Rows a deliver job may still send.
 OPEN = (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)
@@ -54,6 +64,28 @@ def write_closed(session: Session, entries: list[dict[str, Any]]) -> None:
             status=bindparam("b_status"),
             reason=bindparam("b_reason"),
             detail=bindparam("b_detail"),
+            updated_at=utcnow(),
+        ),
+        entries,
+    )
+
+
+def deferred_entry(delivery_id: int, until: datetime, reason: str, detail: str) -> dict[str, Any]:
+    """One row for :func:`write_deferred`."""
+    return {"b_id": delivery_id, "b_until": until, "b_reason": reason, "b_detail": detail}
+
+
+def write_deferred(session: Session, entries: list[dict[str, Any]]) -> None:
+    """Defer open rows to ``b_until`` with their reason; the sweeper picks them up when due."""
+    session.execute(
+        update(deliveries)
+        .where(deliveries.c.id == bindparam("b_id"), status_is(*OPEN))
+        .values(
+            status=DeliveryStatus.DEFERRED,
+            not_before=bindparam("b_until"),
+            reason=bindparam("b_reason"),
+            detail=bindparam("b_detail"),
+            enqueued_at=None,
             updated_at=utcnow(),
         ),
         entries,
