@@ -49,6 +49,8 @@ __all__ = [
     "ProviderEvent",
     "PushToken",
     "RunStatus",
+    "Segment",
+    "SegmentMember",
     "UTCDateTime",
     "utcnow",
 ]
@@ -413,3 +415,35 @@ class Delivery(Base):
         Index(None, "member_id", "created_at"),
         Index(None, "provider_message_id"),
     )
+
+
+class Segment(Base):
+    """A saved segment: a named rule, and when its members were last evaluated."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True, doc="a slug")
+    rule: Mapped[dict[str, Any]] = mapped_column(JSONType, doc="the rule as written")
+    attributes: Mapped[dict[str, Any]] = mapped_column(
+        JSONType, default=dict, doc="the declared attribute types the rule was checked with"
+    )
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class SegmentMember(Base):
+    """One member of a saved segment as of its last evaluation (``Segment.evaluated_at``)."""
+
+    __tablename__ = "segment_members"
+
+    segment_id: Mapped[int] = mapped_column(
+        ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    member_id: Mapped[int] = mapped_column(
+        ForeignKey("members.id", ondelete="CASCADE"), primary_key=True
+    )
+
+    __table_args__ = (Index(None, "member_id"),)

@@ -7,7 +7,7 @@ Parsing is tested in ``test_segments_parse.py``, SQL on real engines in
 from __future__ import annotations
 
 import pickle
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +18,8 @@ from segments import (
     FIELDS,
     OPERATORS,
     All,
+    Arity,
+    Attribute,
     Condition,
     FieldType,
     RuleError,
@@ -26,6 +28,7 @@ from segments import (
     parse_rule,
 )
 from segments import Any as AnyOf
+from store.models import Member
 
 
 def leaf(field: str, op: str, value: Any = None) -> dict[str, Any]:
@@ -51,29 +54,42 @@ def test_public_surface_is_declared() -> None:
         "All",
         "Any",
         "Arity",
+        "Attribute",
         "Condition",
+        "Consented",
         "FieldSpec",
         "FieldType",
+        "Frame",
         "Not",
         "Operator",
+        "PointsExpiring",
+        "Preview",
+        "Reachable",
+        "Received",
         "Rule",
         "RuleError",
+        "SnapshotDiff",
         "audience_filter",
         "compile_rule",
         "evaluate_rule",
+        "load_segment",
         "parse_rule",
+        "preview",
+        "save_segment",
+        "snapshot",
     } == exported
     assert all(hasattr(segments, name) for name in exported)
 
 
 def test_whitelist_names_member_columns_with_their_types() -> None:
-    """The whitelist holds exactly the agreed member columns, each typed like its column."""
+    """The whitelist holds each member column but ``attributes``, typed alike, and next_expiry."""
     # Given the field whitelist
     # When its names and types are read
     types = {name: spec.type for name, spec in FIELDS.items()}
     # Then they are the agreed fields, typed as the model's columns are
-    text = FieldType.TEXT
+    text, instant = FieldType.TEXT, FieldType.INSTANT
     assert {
+        "id": FieldType.INTEGER,
         "external_id": text,
         "name": text,
         "email": text,
@@ -85,11 +101,20 @@ def test_whitelist_names_member_columns_with_their_types() -> None:
         "enrolled_at": FieldType.INSTANT,
         "purchases_count": FieldType.INTEGER,
         "last_purchase_at": FieldType.INSTANT,
-        "address_country": text,
-        "address_state": text,
+        "address_line1": text,
+        "address_line2": text,
         "address_city": text,
+        "address_state": text,
+        "address_zip": text,
+        "address_country": text,
+        "created_at": instant,
+        "updated_at": instant,
+        "deleted_at": instant,
+        "next_expiry": instant,
     } == types
-    assert all(spec.column.key == name for name, spec in FIELDS.items())
+    columns = {name for name, spec in FIELDS.items() if spec.column is not None}
+    assert {c.key for c in Member.__table__.columns} - {"attributes"} == columns
+    assert all(spec.column.key == name for name, spec in FIELDS.items() if spec.column is not None)
     assert {str, int, datetime} == {spec.type.python_type for spec in FIELDS.values()}
 
 
@@ -187,6 +212,13 @@ def test_hand_built_condition_with_unknown_names_is_refused() -> None:
 
 INJECTION = "x' OR 1=1 --"
 SOME_INSTANT = datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC)
+NOW = datetime(2026, 6, 15, 12, tzinfo=UTC)
+SECRET_ATTRIBUTES = {
+    "secretkey": "text",
+    "secretlist": "text_list",
+    "secretcount": "integer",
+    "secretwhen": "instant",
+}
 
 
 @pytest.mark.parametrize(
@@ -200,30 +232,84 @@ SOME_INSTANT = datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC)
         ({"not": leaf("email", "not in", [INJECTION])}, INJECTION),
         (leaf("points_balance", ">=", 987654), 987654),
         (leaf("enrolled_at", "<", "2031-02-03T04:05:06Z"), SOME_INSTANT),
+        (leaf("name", "starts_with", INJECTION), INJECTION),
+        (leaf("points_balance", "between", [987654, 987655]), 987654),
+        (leaf("attributes.secretkey", "=", INJECTION), INJECTION),
+        (leaf("attributes.secretkey", "starts_with", INJECTION), INJECTION),
+        (leaf("attributes.secretlist", "contains", INJECTION), INJECTION),
+        (leaf("attributes.secretcount", ">", 987654), 987654),
+        (leaf("attributes.secretwhen", "<", "2031-02-03T04:05:06Z"), "2031-02-03T04:05:06.000000Z"),
+        (leaf("enrolled_at", "within_last", "2w"), NOW - timedelta(weeks=2)),
+        ({"received": "zzcampaignzz", "within_last": "30d"}, "zzcampaignzz"),
+        ({"points_expiring": {"within": "30d"}, "op": ">=", "value": 987654}, 987654),
+        ({"consented": "direct_mail", "for": "service"}, "direct_mail"),
     ],
-    ids=["equal", "in", "not-in", "integer", "instant"],
+    ids=[
+        "equal",
+        "in",
+        "not-in",
+        "integer",
+        "instant",
+        "starts-with",
+        "between",
+        "attribute-text",
+        "attribute-starts-with",
+        "attribute-contains",
+        "attribute-integer",
+        "attribute-instant",
+        "within-last",
+        "received",
+        "points-expiring",
+        "consented",
+    ],
 )
 def test_values_are_bound_parameters(data: dict[str, Any], bound: object, dialect: Any) -> None:
-    """No value of a rule is written into the SQL text; each travels as a parameter."""
+    """No value of a rule, nor an attribute key, is written into the SQL text: all are bound."""
     # Given a rule holding a hostile or recognisable value
-    rule = parse_rule(data)
+    rule = parse_rule(data, attributes=SECRET_ATTRIBUTES)
     # When it is compiled for a real dialect
-    compiled = compile_rule(rule).compile(dialect=dialect)
+    compiled = compile_rule(rule, now=NOW).compile(dialect=dialect)
     sql = str(compiled)
     # Then the SQL text does not hold the value, and the parameters do
-    for shown in (INJECTION, "OR 1=1", "987654", "2031"):
+    for shown in (INJECTION, "OR 1=1", "987654", "2031", "secret", "zzcampaignzz", "direct_mail"):
         assert shown not in sql
     params = [v for p in compiled.params.values() for v in (p if isinstance(p, list) else [p])]
     assert bound in params
 
 
-def test_every_operator_is_reachable_from_the_language() -> None:
-    """Each operator in the table parses on a field it applies to."""
-    # Given every operator and an integer field (all operators apply to integers)
+ONE_VALUE = {
+    FieldType.TEXT: "a",
+    FieldType.INTEGER: 1,
+    FieldType.NUMBER: 1.5,
+    FieldType.BOOLEAN: True,
+    FieldType.INSTANT: "2026-01-01T00:00:00Z",
+    FieldType.TEXT_LIST: "a",
+}
+
+
+@pytest.mark.parametrize("field_type", list(FieldType), ids=[t.value for t in FieldType])
+def test_every_operator_parses_on_every_attribute_type_it_applies_to(field_type: FieldType) -> None:
+    """Each operator parses on an attribute of each type it applies to, and is refused on others."""
+    # Given an attribute declared with the type
+    declared = {"x": field_type.value}
     for name, op in OPERATORS.items():
-        data = leaf("points_balance", name, {"none": None, "one": 1, "list": [1]}[op.arity.value])
-        # When a condition with it is parsed
-        rule = parse_rule(data)
-        # Then it names that operator
-        assert isinstance(rule, Condition)
-        assert name == rule.op
+        value = {
+            Arity.NONE: None,
+            Arity.ONE: ONE_VALUE[field_type],
+            Arity.LIST: [ONE_VALUE[field_type]],
+            Arity.PAIR: [ONE_VALUE[field_type]] * 2,
+            Arity.DURATION: "1d",
+        }[op.arity]
+        data = leaf("attributes.x", name, value)
+        # When a condition with the operator is parsed
+        if not op.applies_to(field_type):
+            # Then an operator that does not apply is refused at the op
+            with pytest.raises(RuleError, match=r"^segment\.op: operator"):
+                parse_rule(data, attributes=declared)
+            continue
+        rule = parse_rule(data, attributes=declared)
+        # Then it names the operator, and compiles and evaluates on a member without the key
+        assert isinstance(rule, Attribute)
+        assert (name, field_type) == (rule.op, rule.type)
+        compile_rule(rule, now=NOW)
+        assert evaluate_rule(rule, {}, now=NOW) is (name == "is null")

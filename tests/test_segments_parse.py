@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,8 +17,14 @@ from segments import (
     MAX_NODES,
     OPERATORS,
     All,
+    Attribute,
     Condition,
+    Consented,
+    FieldType,
     Not,
+    PointsExpiring,
+    Reachable,
+    Received,
     RuleError,
     compile_rule,
     evaluate_rule,
@@ -27,6 +33,9 @@ from segments import (
 from segments import Any as AnyOf
 
 GOLD = {"field": "tier", "op": "=", "value": "gold"}
+PREDICATES = " (points_expiring, next_expiry, reachable, consented, received)"
+DECLARED = {"shoe": "integer", "vip": "boolean", "score": "number", "tags": "text_list"}
+DURATION_HINT = 'expected a duration like "30d", "12h" or "2w"'
 
 
 def leaf(field: object, op: str, value: Any = None) -> dict[str, Any]:
@@ -163,12 +172,14 @@ PARSE_ERRORS: list[tuple[str, object, str]] = [
     (
         "unknown-key",
         {**GOLD, "valeu": 1},
-        'segment: unknown key "valeu"; expected all, any, not or field/op/value',
+        'segment: unknown key "valeu"; expected all, any, not, field/op/value or a predicate'
+        + PREDICATES,
     ),
     (
         "non-text-key",
         {1: "x"},
-        "segment: unknown key 1; expected all, any, not or field/op/value",
+        "segment: unknown key 1; expected all, any, not, field/op/value or a predicate"
+        + PREDICATES,
     ),
     (
         "two-groups",
@@ -188,20 +199,24 @@ PARSE_ERRORS: list[tuple[str, object, str]] = [
     (
         "list-as-node",
         ["tier"],
-        "segment: expected a mapping with all, any, not or field/op/value, got a list",
+        "segment: expected a mapping with all, any, not, field/op/value or a predicate, got a list",
     ),
     (
         "null-as-node",
         None,
-        "segment: expected a mapping with all, any, not or field/op/value, got null",
+        "segment: expected a mapping with all, any, not, field/op/value or a predicate, got null",
     ),
     (
         "text-as-list-item",
         {"any": [GOLD, "tier = gold"]},
-        "segment.any[1]: expected a mapping with all, any, not or field/op/value, "
+        "segment.any[1]: expected a mapping with all, any, not, field/op/value or a predicate, "
         'got "tier = gold"',
     ),
-    ("empty-node", {}, "segment: empty node; expected all, any, not or field/op/value"),
+    (
+        "empty-node",
+        {},
+        "segment: empty node; expected all, any, not, field/op/value or a predicate",
+    ),
     ("missing-field", {"op": "=", "value": "gold"}, 'segment: missing key "field"'),
     ("missing-op", {"field": "tier", "value": "gold"}, 'segment: missing key "op"'),
     ("missing-value", leaf("tier", "="), 'segment: missing key "value" (operator "=" needs one)'),
@@ -285,6 +300,156 @@ PARSE_ERRORS: list[tuple[str, object, str]] = [
         "segment" + ".not" * MAX_DEPTH + ": nested more than 12 levels deep",
     ),
     (
+        "undeclared-attribute",
+        {"all": [GOLD, leaf("attributes.shoe_size", "=", 1)]},
+        'segment.all[1].field: undeclared attribute "shoe_size"',
+    ),
+    (
+        "boolean-attribute-text-value",
+        leaf("attributes.vip", "=", "yes"),
+        'segment.value: expected true or false, got "yes"',
+    ),
+    (
+        "number-attribute-nan",
+        leaf("attributes.score", ">", float("nan")),
+        "segment.value: expected a number from -1e15 to 1e15, got nan",
+    ),
+    (
+        "ordering-on-boolean",
+        leaf("attributes.vip", ">", True),
+        'segment.op: operator ">" does not apply to boolean field "attributes.vip"',
+    ),
+    (
+        "equality-on-text-list",
+        leaf("attributes.tags", "=", "vip"),
+        'segment.op: operator "=" does not apply to text_list field "attributes.tags"',
+    ),
+    (
+        "contains-on-text",
+        leaf("tier", "contains", "x"),
+        'segment.op: operator "contains" does not apply to text field "tier"',
+    ),
+    (
+        "contains-number",
+        leaf("attributes.tags", "contains", 1),
+        "segment.value: expected text, got 1",
+    ),
+    (
+        "starts-with-on-integer",
+        leaf("points_balance", "starts_with", "1"),
+        'segment.op: operator "starts_with" does not apply to integer field "points_balance"',
+    ),
+    (
+        "between-one-value",
+        leaf("points_balance", "between", [1]),
+        'segment.value: operator "between" needs [low, high], got a list',
+    ),
+    (
+        "between-reversed",
+        leaf("points_balance", "between", [500, 100]),
+        "segment.value: low 500 is above high 100",
+    ),
+    (
+        "between-mistyped",
+        leaf("points_balance", "between", [1, "2"]),
+        'segment.value[1]: expected an integer, got "2"',
+    ),
+    (
+        "duration-in-words",
+        leaf("enrolled_at", "within_last", "30 days"),
+        f'segment.value: {DURATION_HINT}, got "30 days"',
+    ),
+    (
+        "duration-in-months",
+        leaf("enrolled_at", "older_than", "6m"),
+        f'segment.value: {DURATION_HINT}, got "6m"',
+    ),
+    (
+        "duration-too-long",
+        leaf("enrolled_at", "within_next", "99999w"),
+        'segment.value: "99999w" is longer than 100 years',
+    ),
+    (
+        "relative-on-text",
+        leaf("tier", "within_last", "30d"),
+        'segment.op: operator "within_last" does not apply to text field "tier"',
+    ),
+    (
+        "unknown-channel",
+        {"any": [GOLD, {"reachable": "fax"}]},
+        'segment.any[1].reachable: unknown channel "fax"; expected sms, email, push, direct_mail',
+    ),
+    (
+        "channel-not-text",
+        {"reachable": ["sms"]},
+        "segment.reachable: expected a channel, got a list",
+    ),
+    (
+        "unknown-consent-category",
+        {"consented": "sms", "for": "promo"},
+        'segment.for: unknown category "promo"; expected marketing, service, transactional',
+    ),
+    (
+        "campaign-not-a-slug",
+        {"not": {"received": "Winter Sale'; --"}},
+        'segment.not.received: "Winter Sale\'; --" is not a campaign name',
+    ),
+    (
+        "received-window-not-duration",
+        {"received": "winter-sale", "within_last": 30},
+        f"segment.within_last: {DURATION_HINT}, got 30",
+    ),
+    (
+        "received-with-op",
+        {"received": "winter-sale", "op": "="},
+        'segment: unexpected key "op" next to "received" (it takes within_last)',
+    ),
+    (
+        "reachable-with-for",
+        {"reachable": "sms", "for": "service"},
+        'segment: unexpected key "for" next to "reachable" (it takes nothing else)',
+    ),
+    (
+        "two-predicates",
+        {"reachable": "sms", "received": "winter-sale"},
+        "segment: a node holds one predicate; got reachable and received",
+    ),
+    (
+        "points-expiring-without-window",
+        {"points_expiring": "30d", "op": ">=", "value": 1},
+        'segment.points_expiring: expected a mapping like {within: 30d}, got "30d"',
+    ),
+    (
+        "points-expiring-bad-window",
+        {"points_expiring": {"within": "soon"}, "op": ">=", "value": 1},
+        f'segment.points_expiring.within: {DURATION_HINT}, got "soon"',
+    ),
+    (
+        "points-expiring-is-null",
+        {"points_expiring": {"within": "30d"}, "op": "is null"},
+        'segment.op: operator "is null" does not apply to points_expiring (it is 0, never missing)',
+    ),
+    (
+        "points-expiring-missing-value",
+        {"points_expiring": {"within": "30d"}, "op": ">="},
+        'segment: missing key "value" (operator ">=" needs one)',
+    ),
+    (
+        "next-expiry-extra-key",
+        {"next_expiry": {"op": "within_next", "value": "14d", "field": "tier"}},
+        'segment.next_expiry: unknown key "field"; expected op and value',
+    ),
+    (
+        "next-expiry-unknown-op",
+        {"all": [GOLD, GOLD, {"next_expiry": {"op": "=>", "value": "14d"}}]},
+        'segment.all[2].next_expiry.op: unknown operator "=>"',
+    ),
+    (
+        "next-expiry-not-mapping",
+        {"next_expiry": "14d"},
+        'segment.next_expiry: expected a mapping with op and value, got "14d"',
+    ),
+    (
         "too-many-nodes",
         {"any": [GOLD] * MAX_NODES},
         f"segment.any[{MAX_NODES - 1}]: the rule has more than 500 nodes",
@@ -300,10 +465,68 @@ def test_parse_errors_name_the_path_and_the_problem(data: object, message: str) 
     # Given a malformed rule
     # When it is parsed
     with pytest.raises(RuleError) as caught:
-        parse_rule(data)
+        parse_rule(data, attributes=DECLARED)
     # Then the message is "<path>: <problem>" and both parts are kept
     assert message == str(caught.value)
     assert message == f"{caught.value.path}: {caught.value.problem}"
+
+
+def test_parse_builds_predicates_and_attribute_conditions() -> None:
+    """Predicates and attribute conditions become frozen leaves holding converted values."""
+    # Given a rule using every new node kind, written in YAML
+    data = yaml.safe_load(
+        """
+        all:
+          - {points_expiring: {within: 30d}, op: ">=", value: 100}
+          - next_expiry: {op: within_next, value: 2w}
+          - {reachable: sms}
+          - {consented: email}
+          - {consented: sms, for: service}
+          - {received: winter-sale, within_last: 12h}
+          - {received: welcome}
+          - {field: attributes.score, op: between, value: [1, 2.5]}
+        """
+    )
+    # When it is parsed with the score attribute declared
+    rule = parse_rule(data, attributes={"score": "number"})
+    # Then each leaf is the frozen value it stands for
+    assert (
+        All(
+            rules=(
+                PointsExpiring(within=timedelta(days=30), op=">=", value=100),
+                Condition(field="next_expiry", op="within_next", value=timedelta(weeks=2)),
+                Reachable(channel="sms"),
+                Consented(channel="email", purpose="marketing"),
+                Consented(channel="sms", purpose="service"),
+                Received(campaign="winter-sale", within_last=timedelta(hours=12)),
+                Received(campaign="welcome"),
+                Attribute(key="score", type=FieldType.NUMBER, op="between", value=(1, 2.5)),
+            )
+        )
+        == rule
+    )
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"shoe size": "integer"}, 'attributes: "shoe size" is not a valid attribute key'),
+        (
+            {"birthday": "date"},
+            'attributes.birthday: unknown type "date"; '
+            "expected one of text, integer, number, boolean, instant, text_list",
+        ),
+    ],
+    ids=["bad-key", "unknown-type"],
+)
+def test_attribute_declarations_are_checked(attributes: dict[str, str], message: str) -> None:
+    """A program's attribute declarations are checked before any rule uses them."""
+    # Given a malformed declaration
+    # When any rule is parsed with it
+    with pytest.raises(RuleError) as caught:
+        parse_rule(GOLD, attributes=attributes)
+    # Then the declaration is named
+    assert message == str(caught.value)
 
 
 def test_limits_are_inclusive() -> None:
@@ -329,7 +552,24 @@ def test_errors_start_with_the_given_path() -> None:
     assert caught.value.path == "steps[1].unless.all[0].op"
 
 
-_KEYS = st.sampled_from(["all", "any", "not", "field", "op", "value"])
+_KEYS = st.sampled_from(
+    [
+        "all",
+        "any",
+        "not",
+        "field",
+        "op",
+        "value",
+        "points_expiring",
+        "next_expiry",
+        "within",
+        "reachable",
+        "consented",
+        "for",
+        "received",
+        "within_last",
+    ]
+)
 _ATOMS = st.one_of(
     st.none(),
     st.booleans(),
@@ -341,14 +581,34 @@ _ATOMS = st.one_of(
     st.dates(),
     st.datetimes(timezones=st.none() | st.timezones()),
     st.sampled_from(["2026-12-01T10:00:00Z", "2026-12-01", "9999-12-31T23:00-01:00"]),
+    st.sampled_from(["30d", "12h", "2w", "0d", "999999d", "sms", "push", "service", "winter-sale"]),
+    st.sampled_from([f"attributes.{key}" for key in DECLARED] + ["attributes.nope", "attributes."]),
 )
-_PLAUSIBLE = st.sampled_from(["gold", 500, "2026-12-01T10:00:00Z"])
+_PLAUSIBLE = st.sampled_from(["gold", 500, 1.5, True, "2026-12-01T10:00:00Z", "30d"])
+_NEAR_PREDICATES = st.one_of(
+    st.fixed_dictionaries(
+        {"points_expiring": st.fixed_dictionaries({"within": _PLAUSIBLE}), "op": _PLAUSIBLE},
+        optional={"value": _PLAUSIBLE},
+    ),
+    st.fixed_dictionaries({"reachable": st.sampled_from(["sms", "fax", "push", 1])}),
+    st.fixed_dictionaries(
+        {"consented": st.sampled_from(["email", "sms", "x"])},
+        optional={"for": st.sampled_from(["service", "marketing", "nope", None])},
+    ),
+    st.fixed_dictionaries(
+        {"received": st.sampled_from(["winter-sale", "Bad Name", "", None])},
+        optional={"within_last": _PLAUSIBLE},
+    ),
+)
 _NEAR_CONDITIONS = st.fixed_dictionaries(
-    {"field": st.sampled_from(sorted(FIELDS)), "op": st.sampled_from(sorted(OPERATORS))},
+    {
+        "field": st.sampled_from(sorted(FIELDS) + [f"attributes.{key}" for key in DECLARED]),
+        "op": st.sampled_from(sorted(OPERATORS)),
+    },
     optional={"value": _PLAUSIBLE | _ATOMS | st.lists(_PLAUSIBLE | _ATOMS, max_size=3)},
 )
 _TREES = st.recursive(
-    _ATOMS | _NEAR_CONDITIONS,
+    _ATOMS | _NEAR_CONDITIONS | _NEAR_PREDICATES,
     lambda children: st.one_of(
         st.lists(children, max_size=4),
         st.dictionaries(_KEYS | st.text(max_size=5) | st.integers(), children, max_size=4),
@@ -366,7 +626,7 @@ def test_any_decoded_value_parses_or_raises_rule_error(data: object) -> None:
     # When it is parsed
     refusal: RuleError | None = None
     try:
-        rule = parse_rule(data)
+        rule = parse_rule(data, attributes=DECLARED)
     except RuleError as error:
         refusal = error
     # Then a refusal is a RuleError with a path and a problem, and an acceptance
@@ -377,3 +637,4 @@ def test_any_decoded_value_parses_or_raises_rule_error(data: object) -> None:
     else:
         compile_rule(rule)
         evaluate_rule(rule, {})
+        evaluate_rule(rule, {"attributes": {"shoe": "x", "tags": "vip"}, "lots": [{}]})

@@ -275,14 +275,20 @@ def _values(field: str) -> st.SearchStrategy[Any]:
 
 @st.composite
 def _conditions(draw: st.DrawFn) -> dict[str, Any]:
-    field = draw(st.sampled_from(sorted(FIELDS)))
-    ordered = FIELDS[field].type.ordered
-    op = draw(st.sampled_from([n for n, o in OPERATORS.items() if ordered or not o.ordered_only]))
+    field = draw(st.sampled_from(sorted(POOLS)))
+    field_type = FIELDS[field].type
+    op = draw(st.sampled_from([n for n, o in OPERATORS.items() if o.applies_to(field_type)]))
     arity = OPERATORS[op].arity
     if arity is Arity.NONE:
         return leaf(field, op)
     if arity is Arity.ONE:
         return leaf(field, op, draw(_values(field)))
+    if arity is Arity.DURATION:
+        return leaf(field, op, draw(st.sampled_from(["1h", "30d", "2w", "1000d"])))
+    if arity is Arity.PAIR:
+        pair = draw(st.lists(_values(field), min_size=2, max_size=2))
+        instants = field_type is FieldType.INSTANT
+        return leaf(field, op, sorted(pair, key=datetime.fromisoformat if instants else None))
     return leaf(field, op, draw(st.lists(_values(field), min_size=1, max_size=4)))
 
 

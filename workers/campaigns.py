@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -34,6 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from channels import CHANNEL_NAMES
 from segments import RuleError, parse_rule
+
+from .yamlfile import Problem
+from .yamlfile import dotted as _dotted
+from .yamlfile import line_map as _line_map
+from .yamlfile import loc_from_path as _loc_from_path
+from .yamlfile import nearest_line as _nearest_line
 
 __all__ = [
     "CampaignFileError",
@@ -46,19 +50,6 @@ __all__ = [
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 #: Channels a campaign can send on.
 SENDABLE_CHANNELS = CHANNEL_NAMES
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a campaign file."""
-
-    path: str
-    problem: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f"line {self.line}, " if self.line else ""
-        return f"{where}{self.path}: {self.problem}"
 
 
 class CampaignFileError(ValueError):
@@ -200,51 +191,3 @@ def parse_campaign(text: str, source: str = "<campaign>") -> CampaignSpec:
             problems.append(Problem(exc.path, exc.problem, _nearest_line(lines, loc)))
             raise CampaignFileError(source, problems) from None
     return spec
-
-
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith(("function-", "literal[", "list[")):
-            continue  # pydantic's union-branch labels are not keys of the file
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(file)"
-
-
-def _loc_from_path(path: str) -> tuple[int | str, ...]:
-    loc: list[int | str] = []
-    for token in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        loc.append(int(token[1:-1]) if token.startswith("[") else token)
-    return tuple(loc)
-
-
-def _line_map(node: yaml.Node | None) -> dict[tuple[int | str, ...], int]:
-    """Map every key path of a YAML document to its 1-based line."""
-    lines: dict[tuple[int | str, ...], int] = {}
-
-    def walk(n: yaml.Node, loc: tuple[int | str, ...]) -> None:
-        lines[loc] = n.start_mark.line + 1
-        if isinstance(n, yaml.MappingNode):
-            for key, value in n.value:
-                child = (*loc, str(key.value))
-                walk(value, child)
-                lines[child] = key.start_mark.line + 1
-        elif isinstance(n, yaml.SequenceNode):
-            for i, item in enumerate(n.value):
-                walk(item, (*loc, i))
-
-    if node is not None:
-        walk(node, ())
-    return lines
-
-
-def _nearest_line(lines: Mapping[tuple[int | str, ...], int], loc: tuple[Any, ...]) -> int | None:
-    loc = tuple(p for p in loc if not str(p).startswith(("function-", "literal[", "list[")))
-    while loc:
-        if loc in lines:
-            return lines[loc]
-        loc = loc[:-1]
-    return lines.get(())

@@ -39,9 +39,10 @@ What an import changes
     naming the line), only when the status actually changes; a blank consent
     leaves it unchanged. An import never reverses an opt-out the member made
     themselves (a STOP reply, an unsubscribe link, a provider's report): only
-    an opt-out that came from an import can be turned back into an opt-in. Point lots are appended only for members inserted by
-    this import, so importing the same file again does not add them twice:
-    importing a file again changes nothing.
+    an opt-out that came from an import can be turned back into an opt-in.
+    Point lots are appended only for members inserted by this import, so
+    importing the same file again does not add them twice: importing a file
+    again changes nothing.
 
 Modes
     ``all-or-nothing`` (the default): every row is validated first. If any row

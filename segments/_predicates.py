@@ -1,0 +1,197 @@
+"""Predicates beyond member columns, each as SQL and as its Python twin.
+
+Point lots, reachability, consent and delivery history live in other tables;
+each predicate is a correlated subquery (``EXISTS`` or a scalar aggregate) on
+``members.id``, so nothing loads a member's lots or deliveries. Each SQL
+expression is TRUE or FALSE, never NULL, except ``next_expiry``, which is NULL
+when the member has no unredeemed points that expire (the NULL rule then
+applies as for a column). The Python twins read a member mapping as described
+in :func:`segments.evaluate_rule`.
+
+``reachable`` is the part of ``workers.policy``'s reachability that SQL can
+decide: the policy also validates phone numbers (phonenumbers) and email
+addresses (email-validator) at send time, so ``reachable`` is a necessary
+condition there, not a sufficient one.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, String, and_, exists, func, literal, not_, or_, select
+
+from store.models import Campaign, Consent, ConsentStatus, Delivery, Member, PointLot, PushToken
+
+from ._sql import e164_sql, is_e164, stripped, stripped_sql
+
+__all__ = [
+    "CHANNELS",
+    "PURPOSES",
+    "RECEIVED_STATUSES",
+    "consented_sql",
+    "consented_value",
+    "next_expiry_sql",
+    "next_expiry_value",
+    "points_expiring_sql",
+    "points_expiring_value",
+    "reachable_sql",
+    "reachable_value",
+    "received_sql",
+    "received_value",
+]
+
+CHANNELS = ("sms", "email", "push", "direct_mail")
+"""The channels ``reachable`` and ``consented`` name."""
+PURPOSES = ("marketing", "service", "transactional")
+"""The message categories ``consented`` takes in ``for``."""
+RECEIVED_STATUSES = ("sent", "delivered")
+"""Delivery statuses that count as "received"."""
+
+_US = ("US", "us", "Us", "uS")
+Member_ = typing.Mapping[str, typing.Any]
+
+
+def _items(member: Member_, key: str) -> Iterable[Mapping[str, typing.Any]]:
+    return member.get(key) or ()
+
+
+def _remaining(lot: Mapping[str, typing.Any]) -> int:
+    return int(lot.get("points") or 0) - int(lot.get("redeemed") or 0)
+
+
+def next_expiry_sql(now: datetime) -> ColumnElement[typing.Any]:
+    """The earliest ``expires_at`` after ``now`` of the member's lots with points left, or NULL."""
+    return (
+        select(func.min(PointLot.expires_at))
+        .where(
+            PointLot.member_id == Member.id,
+            PointLot.points > PointLot.redeemed,
+            PointLot.expires_at > now,
+        )
+        .scalar_subquery()
+    )
+
+
+def next_expiry_value(member: Member_, now: datetime) -> datetime | None:
+    """The Python twin of :func:`next_expiry_sql`."""
+    dates = [
+        lot["expires_at"]
+        for lot in _items(member, "lots")
+        if _remaining(lot) > 0 and lot.get("expires_at") is not None and lot["expires_at"] > now
+    ]
+    return min(dates, default=None)
+
+
+def points_expiring_sql(within: timedelta, now: datetime) -> ColumnElement[typing.Any]:
+    """Points left in lots expiring in ``(now, now + within]``; 0 when there are none."""
+    total = (
+        select(func.sum(PointLot.points - PointLot.redeemed))
+        .where(
+            PointLot.member_id == Member.id,
+            PointLot.points > PointLot.redeemed,
+            PointLot.expires_at > now,
+            PointLot.expires_at <= now + within,
+        )
+        .scalar_subquery()
+    )
+    return func.coalesce(total, 0)
+
+
+def points_expiring_value(member: Member_, within: timedelta, now: datetime) -> int:
+    """The Python twin of :func:`points_expiring_sql`."""
+    return sum(
+        _remaining(lot)
+        for lot in _items(member, "lots")
+        if _remaining(lot) > 0
+        and lot.get("expires_at") is not None
+        and now < lot["expires_at"] <= now + within
+    )
+
+
+def reachable_sql(channel: str) -> ColumnElement[bool]:
+    """The member can be reached on ``channel`` as far as SQL can tell (see the module doc)."""
+    if channel == "sms":
+        return e164_sql(Member.phone.expression)
+    if channel == "email":
+        return and_(Member.email.is_not(None), Member.email != literal("", String))
+    if channel == "push":
+        return exists().where(PushToken.member_id == Member.id, PushToken.revoked_at.is_(None))
+    if channel == "direct_mail":
+        filled = [
+            stripped_sql(part.expression) != literal("", String)
+            for part in (Member.address_line1, Member.address_city, Member.address_zip)
+        ]
+        country = stripped_sql(Member.address_country.expression)
+        state_ok = or_(
+            country.not_in([literal(us, String) for us in _US]),
+            stripped_sql(Member.address_state.expression) != literal("", String),
+        )
+        return and_(*filled, country != literal("", String), state_ok)
+    raise ValueError(f"unknown channel {channel!r}")
+
+
+def reachable_value(member: Member_, channel: str) -> bool:
+    """The Python twin of :func:`reachable_sql`."""
+    if channel == "sms":
+        return is_e164(member.get("phone"))
+    if channel == "email":
+        return bool(member.get("email"))
+    if channel == "push":
+        return any(token.get("revoked_at") is None for token in _items(member, "push_tokens"))
+    if channel == "direct_mail":
+        parts = [stripped(member.get(f"address_{part}")) for part in ("line1", "city", "zip")]
+        country = stripped(member.get("address_country"))
+        state_ok = country not in _US or stripped(member.get("address_state")) != ""
+        return all(parts) and country != "" and state_ok
+    raise ValueError(f"unknown channel {channel!r}")
+
+
+def consented_sql(channel: str, purpose: str) -> ColumnElement[bool]:
+    """Marketing needs an opt-in row on ``channel``; service and transactional no opt-out row."""
+    wanted = ConsentStatus.OPTED_IN if purpose == "marketing" else ConsentStatus.OPTED_OUT
+    row = exists().where(
+        Consent.member_id == Member.id,
+        Consent.channel == literal(channel, String),
+        Consent.status == literal(wanted.value, String),
+    )
+    return row if purpose == "marketing" else not_(row)
+
+
+def consented_value(member: Member_, channel: str, purpose: str) -> bool:
+    """The Python twin of :func:`consented_sql`; ``consents`` maps channel to status."""
+    status = (member.get("consents") or {}).get(channel)
+    if purpose == "marketing":
+        return bool(status == ConsentStatus.OPTED_IN)
+    return bool(status != ConsentStatus.OPTED_OUT)
+
+
+def received_sql(
+    campaign: str, within_last: timedelta | None, now: datetime
+) -> ColumnElement[bool]:
+    """A delivery of ``campaign`` was sent or delivered (with ``sent_at`` in the window)."""
+    conditions = [
+        Delivery.member_id == Member.id,
+        Delivery.campaign_id == Campaign.id,
+        Campaign.name == literal(campaign, String),
+        Delivery.status.in_([literal(s, String) for s in RECEIVED_STATUSES]),
+    ]
+    if within_last is not None:
+        conditions += [Delivery.sent_at >= now - within_last, Delivery.sent_at <= now]
+    return exists().where(*conditions)
+
+
+def received_value(
+    member: Member_, campaign: str, within_last: timedelta | None, now: datetime
+) -> bool:
+    """The Python twin of :func:`received_sql`; ``received`` lists {campaign, status, sent_at}."""
+    for item in _items(member, "received"):
+        if item.get("campaign") != campaign or item.get("status") not in RECEIVED_STATUSES:
+            continue
+        if within_last is None:
+            return True
+        sent_at = item.get("sent_at")
+        if sent_at is not None and now - within_last <= sent_at <= now:
+            return True
+    return False
