@@ -14,12 +14,16 @@ import pytest
 
 from loyalcast.processes import WorkerGroup
 
+from .support import OPEN_POLICY_YAML
+
 LOYALCAST = str(Path(sys.executable).parent / "loyalcast")
 
 
 @pytest.fixture
 def env(database_url: str, redis_url: str, redis_namespace: str, tmp_path: Path) -> dict[str, str]:
     """The environment of every process in a test: one store, one Redis namespace, fast timers."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(OPEN_POLICY_YAML)  # no quiet hours: these tests must not depend on the clock
     values = dict(os.environ)
     values.update(
         {
@@ -36,6 +40,7 @@ def env(database_url: str, redis_url: str, redis_namespace: str, tmp_path: Path)
             "LOYALCAST_HEARTBEAT_TIMEOUT_MS": "5000",
             "LOYALCAST_MAINTENANCE_CHANCE": "1000000",
             "LOYALCAST_LOG_LEVEL": "WARNING",
+            "LOYALCAST_POLICY_FILE": str(policy),
         }
     )
     return values

@@ -16,6 +16,7 @@ from loyalcast.settings import Settings
 from store import Consent, Member, PushToken, make_engine, make_sessionmaker
 from workers import Runtime
 from workers.catalog import CreatedCampaign, create_campaign
+from workers.program import Program
 
 _ids = itertools.count(1)
 
@@ -106,15 +107,30 @@ def settings_for(database_url: str, tmp_path: Path, **overrides: Any) -> Setting
     )
 
 
+#: A program policy with no quiet hours and no caps, so that tests do not depend on
+#: the wall clock; tests about quiet hours or caps pass their own.
+OPEN_PROGRAM = Program(quiet_hours={})
+
+#: The same as a policy file, for tests that run worker processes.
+OPEN_POLICY_YAML = "quiet_hours: {sms: null}\n"
+
+
 def runtime_for(
     database_url: str,
     tmp_path: Path,
     *,
     broker: Any = None,
     channels: dict[str, Any] | None = None,
+    program: Program | None = None,
     **overrides: Any,
 ) -> Runtime:
-    return Runtime(settings_for(database_url, tmp_path, **overrides), broker, channels)
+    """A worker runtime on ``database_url`` (no quiet hours, no caps unless ``program`` says)."""
+    return Runtime(
+        settings_for(database_url, tmp_path, **overrides),
+        broker,
+        channels,
+        program=program or OPEN_PROGRAM,
+    )
 
 
 def sessions_for(database_url: str) -> sessionmaker[Session]:

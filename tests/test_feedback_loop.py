@@ -25,7 +25,7 @@ from workers import Runtime
 from workers.delivery import deliver_batch
 from workers.planning import plan_run
 
-from .support import add_member, create, sessions_for, settings_for, write_campaign
+from .support import OPEN_PROGRAM, add_member, create, sessions_for, settings_for, write_campaign
 
 pytestmark = [pytest.mark.usefixtures("provider_specs")]
 
@@ -69,7 +69,7 @@ def world(database_url: str, tmp_path: Path, twilio: FakeTwilio, sendgrid: FakeS
             email="ada@example.com",
             consents={"sms": "opted_in", "email": "opted_in"},
         )
-    rt = Runtime(settings)
+    rt = Runtime(settings, program=OPEN_PROGRAM)
     client = TestClient(create_app(settings, sessions), base_url=PUBLIC)
     yield {
         "settings": settings,

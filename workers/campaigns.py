@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, time
 from typing import Any, Literal
 
 import yaml
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from channels import CHANNEL_NAMES
 from segments import RuleError, parse_rule
 
+from .program import Program, QuietHours
 from .yamlfile import Problem
 from .yamlfile import dotted as _dotted
 from .yamlfile import line_map as _line_map
@@ -109,6 +111,27 @@ class CampaignSpec(BaseModel):
     max_attempts: int = Field(default=5, ge=1, le=20)
     max_sms_segments: int = Field(default=6, ge=1, le=10)
     """An SMS longer than this many segments is not sent (each segment is billed)."""
+    quiet_hours: dict[str, dict[str, str] | None] = Field(default_factory=dict)
+    """Per channel, ``{start: "21:00", end: "08:00"}`` or null: replaces the program's window."""
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(
+        cls, value: dict[str, dict[str, str] | None]
+    ) -> dict[str, dict[str, str] | None]:
+        for channel, window in value.items():
+            if channel not in CHANNEL_NAMES:
+                raise ValueError(f"unknown channel {channel!r}")
+            if window is not None:
+                quiet_window(window)
+        return value
+
+    def quiet_hours_for(self, channel: str, program: Program) -> QuietHours | None:
+        """The quiet window on ``channel``: this campaign's if it sets one, else the program's."""
+        if channel in self.quiet_hours:
+            window = self.quiet_hours[channel]
+            return None if window is None else quiet_window(window)
+        return program.quiet_hours_for(channel)
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -153,12 +176,34 @@ class CampaignSpec(BaseModel):
         return self.channels == "all"
 
 
-def parse_campaign(text: str, source: str = "<campaign>") -> CampaignSpec:
+def quiet_window(window: dict[str, str]) -> QuietHours:
+    """``{start: "21:00", end: "08:00"}`` as a :class:`QuietHours`.
+
+    Raises:
+        ValueError: keys other than start and end, or a time that is not HH:MM.
+    """
+    if set(window) != {"start", "end"}:
+        raise ValueError(
+            "quiet hours need exactly start and end, e.g. {start: '21:00', end: '08:00'}"
+        )
+    try:
+        return QuietHours(
+            start=time.fromisoformat(str(window["start"])),
+            end=time.fromisoformat(str(window["end"])),
+        )
+    except ValueError as exc:
+        raise ValueError(f"quiet hours: {exc}") from None
+
+
+def parse_campaign(
+    text: str, source: str = "<campaign>", *, attributes: Mapping[str, str] | None = None
+) -> CampaignSpec:
     """Parse and validate a campaign file's text.
 
     Args:
         text: the YAML source.
         source: the file name used in error messages.
+        attributes: the program's declared member attributes (for ``attributes.<key>``).
 
     Raises:
         CampaignFileError: listing every problem with its line and key path.
@@ -185,7 +230,7 @@ def parse_campaign(text: str, source: str = "<campaign>") -> CampaignSpec:
         raise CampaignFileError(source, problems) from None
     if spec.segment is not None:
         try:
-            parse_rule(spec.segment, "segment")
+            parse_rule(spec.segment, "segment", attributes=attributes)
         except RuleError as exc:
             loc = _loc_from_path(exc.path)
             problems.append(Problem(exc.path, exc.problem, _nearest_line(lines, loc)))

@@ -39,6 +39,7 @@ from templates import Renderer, TemplateError, load_templates
 
 from .campaigns import CampaignFileError, CampaignSpec, Problem, parse_campaign
 from .context import member_context
+from .program import Program
 from .runtime import LoadedVersion
 
 __all__ = ["CampaignStatusReport", "CreatedCampaign", "campaign_status", "create_campaign"]
@@ -133,6 +134,7 @@ def create_campaign(
     path: Path,
     *,
     template_path: Sequence[Path] = (),
+    program: Program | None = None,
 ) -> CreatedCampaign:
     """Validate the campaign file at ``path`` and store it; see the module docstring.
 
@@ -144,14 +146,21 @@ def create_campaign(
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CampaignFileError(source, [Problem("(file)", f"cannot read: {exc}")]) from None
-    spec = parse_campaign(text, source)
+    spec = parse_campaign(
+        text, source, attributes=program.attributes if program is not None else None
+    )
     search = [*template_path, path.parent / "templates"]
     try:
         templates = load_templates(spec.template, spec.channel_list, search)
     except TemplateError as exc:
         raise CampaignFileError(source, [Problem("template", str(exc))]) from None
 
-    rule = parse_rule(spec.segment, "segment") if spec.segment is not None else None
+    attributes = program.attributes if program is not None else None
+    rule = (
+        parse_rule(spec.segment, "segment", attributes=attributes)
+        if spec.segment is not None
+        else None
+    )
     with sessions() as session:
         samples = list(
             session.scalars(

@@ -1,15 +1,23 @@
 """Composing one delivery's message just before sending: policy, context, render, metadata.
 
-:func:`compose` is the per-row half of the deliver job. It returns either the
-:class:`~channels.Message` to send or a :class:`Closed` outcome to record
-(suppressed with the policy's reason, or failed with the template's error).
-It reads only what the deliver job loaded in bulk, so it does no I/O of its own.
+:func:`compose` is the per-row half of the deliver job. It returns the
+:class:`~channels.Message` to send, a :class:`Closed` outcome to record
+(suppressed with the policy's reason, or failed with the template's error), or
+a :class:`Deferred` one (quiet hours: the message waits in the store until the
+member's window opens, never dropped). It reads only what the deliver job
+loaded in bulk, so it does no I/O of its own.
+
+Quiet hours apply to ``marketing`` and ``service`` messages on the chosen
+channel, in the member's time zone (the program's when the member has none);
+``transactional`` messages are exempt. Frequency caps are reserved later, by
+the deliver job, just before the claim.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from channels import Message
@@ -18,10 +26,21 @@ from templates import TemplateError
 
 from .context import member_context
 from .policy import Skip, route
+from .quiet_hours import describe, next_opening
 from .runtime import Runtime
 from .unsubscribe import unsubscribe_url
 
-__all__ = ["Closed", "compose"]
+__all__ = ["Closed", "Deferred", "compose"]
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A row that waits until ``until`` (quiet hours), and why."""
+
+    delivery_id: int
+    until: datetime
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -41,7 +60,8 @@ def compose(
     consents: Mapping[str, Consent],
     tokens: Sequence[PushToken],
     campaign_status: str | None,
-) -> Message | Closed:
+    now: datetime,
+) -> Message | Closed | Deferred:
     """Decide and render ``row``'s message, or say why it is not sent."""
     if campaign_status == CampaignStatus.CANCELLED:
         return Closed(row.id, DeliveryStatus.SUPPRESSED, "cancelled", "campaign cancelled")
@@ -51,13 +71,28 @@ def compose(
     decision = route(member, consents, tokens, row.channels.split(","), row.category)
     if isinstance(decision, Skip):
         return Closed(row.id, DeliveryStatus.SUPPRESSED, decision.reason, decision.detail)
+    program = rt.program
+    zone = member.time_zone or program.default_time_zone
+    if row.category != "transactional":
+        window = version.spec.quiet_hours_for(decision.channel, program)
+        until = (
+            next_opening(now, zone, window, default_time_zone=program.default_time_zone)
+            if window is not None
+            else None
+        )
+        if until is not None:
+            detail = describe(
+                until, zone, channel=decision.channel, default_time_zone=program.default_time_zone
+            )
+            return Deferred(row.id, until, "quiet_hours", detail)
     metadata: dict[str, Any] = {
+        "time_zone": zone,
         "campaign_version": version.version,
         "run_id": row.run_id,
         "max_sms_segments": version.spec.max_sms_segments,
         **decision.metadata,
     }
-    context = member_context(member, version, rt.settings.default_time_zone)
+    context = member_context(member, version, program.default_time_zone)
     if decision.channel == "email" and rt.settings.public_url:
         link = unsubscribe_url(rt.settings.public_url, rt.signing_key, member.id, decision.channel)
         metadata["unsubscribe_url"] = context["unsubscribe_url"] = link

@@ -45,11 +45,19 @@ from store import (
     utcnow,
 )
 
-from .compose import Closed, compose
+from .capping import apply_caps
+from .compose import Closed, Deferred, compose
 from .households import claim_households
 from .jobs import chunked
 from .leases import expire_leases
-from .ledger import OPEN, DeliverResult, closed_entry, write_closed
+from .ledger import (
+    OPEN,
+    DeliverResult,
+    closed_entry,
+    deferred_entry,
+    write_closed,
+    write_deferred,
+)
 from .outcomes import record_outcomes
 from .runtime import Runtime
 
@@ -98,6 +106,7 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
         )
 
     closed: list[dict[str, Any]] = []
+    deferred: list[dict[str, Any]] = []
     sendable: dict[str, list[Message]] = defaultdict(list)
     for row in rows:
         member = members.get(row.member_id)
@@ -108,19 +117,26 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
             consents[row.member_id],
             tokens[row.member_id],
             campaign_status.get(row.campaign_id),
+            now,
         )
-        if isinstance(outcome, Closed):
+        if isinstance(outcome, Deferred):
+            deferred.append(
+                deferred_entry(outcome.delivery_id, outcome.until, outcome.reason, outcome.detail)
+            )
+        elif isinstance(outcome, Closed):
             closed.append(
                 closed_entry(outcome.delivery_id, outcome.status, outcome.reason, outcome.detail)
             )
         else:
             sendable[outcome.channel].append(outcome)
 
-    if closed:
+    if closed or deferred:
         with rt.sessions.begin() as session:
             write_closed(session, closed)
+            write_deferred(session, deferred)
         for entry in closed:
             result.add(entry["b_status"])
+        result.add(DeliveryStatus.DEFERRED, len(deferred))
 
     max_attempts = {row.id: rt.version(row.campaign_version_id).spec.max_attempts for row in rows}
     for channel_name, messages in sendable.items():
@@ -141,7 +157,12 @@ def _send_chunk(
 ) -> None:
     owner = uuid.uuid4().hex
     now = utcnow()
+    chunk, capped, waiting = apply_caps(rt, chunk, now)
     with rt.sessions.begin() as session:
+        write_closed(session, capped)
+        write_deferred(session, waiting)
+        result.add(DeliveryStatus.SUPPRESSED, len(capped))
+        result.add(DeliveryStatus.DEFERRED, len(waiting))
         if channel_name == "direct_mail":
             chunk, duplicates = claim_households(session, chunk, now)
             if duplicates:

@@ -57,6 +57,9 @@ def closed_entry(
 
 
 def write_closed(session: Session, entries: list[dict[str, Any]]) -> None:
+    """Close open rows as suppressed or failed, with their reasons."""
+    if not entries:
+        return
     session.execute(
         update(deliveries)
         .where(deliveries.c.id == bindparam("b_id"), status_is(*OPEN))
@@ -77,6 +80,8 @@ def deferred_entry(delivery_id: int, until: datetime, reason: str, detail: str) 
 
 def write_deferred(session: Session, entries: list[dict[str, Any]]) -> None:
     """Defer open rows to ``b_until`` with their reason; the sweeper picks them up when due."""
+    if not entries:
+        return
     session.execute(
         update(deliveries)
         .where(deliveries.c.id == bindparam("b_id"), status_is(*OPEN))

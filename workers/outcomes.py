@@ -31,6 +31,7 @@ from channels import (
 from channels.direct_mail import HOUSEHOLD
 from store import ConsentStatus, DeliveryStatus, PushToken, utcnow
 
+from .capping import release_failed
 from .feedback import set_consent
 from .jobs import enqueue_deliver
 from .ledger import DeliverResult, closed_entry, deliveries, status_is
@@ -70,6 +71,7 @@ def record_outcomes(
     sent: list[dict[str, Any]] = []
     closed: list[dict[str, Any]] = []
     deferred: list[dict[str, Any]] = []
+    never_sent: list[Message] = []
     retry_soon: dict[int, list[int]] = defaultdict(list)
     for message, outcome in zip(messages, outcomes, strict=True):
         did = message.delivery_id
@@ -101,6 +103,7 @@ def record_outcomes(
                 retry_soon[int(delay.total_seconds() * 1000)].append(did)
         elif isinstance(outcome, PermanentDeliveryError) and outcome.code == HOUSEHOLD:
             closed.append(closed_entry(did, DeliveryStatus.SUPPRESSED, "household", outcome.detail))
+            never_sent.append(message)
         elif isinstance(outcome, DeliveryError):
             reason = (
                 "retries_exhausted"
@@ -108,6 +111,7 @@ def record_outcomes(
                 else outcome.reason
             )
             closed.append(closed_entry(did, DeliveryStatus.FAILED, reason, str(outcome)))
+            never_sent.append(message)
     guard = (deliveries.c.id == bindparam("b_id"), deliveries.c.lease_owner == owner)
     with rt.sessions.begin() as session:
         if sent:
@@ -154,6 +158,7 @@ def record_outcomes(
                 deferred,
             )
         apply_consequences(session, messages, outcomes, now)
+    release_failed(rt, never_sent, now)
     result.add(DeliveryStatus.SENT, len(sent))
     for entry in closed:
         result.add(entry["b_status"])

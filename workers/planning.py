@@ -82,7 +82,11 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
 
     version = rt.version(version_id)
     spec = version.spec
-    rule = parse_rule(spec.segment, "segment") if spec.segment is not None else None
+    rule = (
+        parse_rule(spec.segment, "segment", attributes=rt.program.attributes)
+        if spec.segment is not None
+        else None
+    )
     audience = audience_filter(rule)
     channels = spec.channel_list
     per_channel = spec.sends_on_every_channel

@@ -8,6 +8,7 @@ the process.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 
@@ -22,8 +23,23 @@ from store import Campaign, CampaignVersion, make_engine, make_sessionmaker
 from templates import Renderer
 
 from .campaigns import CampaignSpec
+from .cap_ledger import ledger_from
+from .caps import CapCounter
+from .program import Program, load_program
 
-__all__ = ["LoadedVersion", "Runtime", "build_channels"]
+__all__ = ["LoadedVersion", "Runtime", "build_channels", "program_for"]
+
+
+def program_for(settings: Settings) -> Program:
+    """The program policy in force.
+
+    With ``LOYALCAST_POLICY_FILE`` set, that file, validated (a bad file raises
+    ``ProgramFileError`` naming its line and key); otherwise the defaults, with
+    ``LOYALCAST_DEFAULT_TIMEZONE`` as the program's time zone.
+    """
+    if settings.policy_file is not None:
+        return load_program(settings.policy_file)
+    return dataclasses.replace(Program.default(), default_time_zone=settings.default_time_zone)
 
 
 def _limiter(
@@ -124,6 +140,7 @@ class Runtime:
         settings: Settings,
         broker: dramatiq.Broker | None = None,
         channels: dict[str, Channel] | None = None,
+        program: Program | None = None,
     ) -> None:
         self.settings = settings
         self.broker = broker
@@ -133,6 +150,9 @@ class Runtime:
         self._sessions: sessionmaker[Session] | None = None
         self._versions: dict[int, LoadedVersion] = {}
         self._signing_key: bytes | None = None
+        self._redis: redis.Redis | None = None
+        self._program: Program | None = program
+        self._caps: CapCounter | None = None
         self._lock = threading.Lock()
 
     @property
@@ -159,12 +179,43 @@ class Runtime:
             return self._signing_key
 
     @property
+    def redis(self) -> redis.Redis | None:
+        """The shared Redis (rate limits, caps), or None when none is configured."""
+        with self._lock:
+            if self._redis is None and self.settings.redis_url:
+                self._redis = redis.Redis.from_url(self.settings.redis_url)
+            return self._redis
+
+    @property
+    def program(self) -> Program:
+        """The program policy: the policy file's, else the defaults (read once)."""
+        with self._lock:
+            if self._program is None:
+                self._program = program_for(self.settings)
+            return self._program
+
+    @property
+    def caps(self) -> CapCounter | None:
+        """The frequency-cap counter, or None without Redis or without cap rules."""
+        program = self.program
+        client = self.redis
+        sessions = self.sessions  # each property takes the lock itself: read them first
+        with self._lock:
+            if self._caps is None and client is not None and program.caps:
+                self._caps = CapCounter(
+                    client,
+                    self.settings.queue_namespace,
+                    program.caps,
+                    ledger=ledger_from(sessions),
+                    default_time_zone=program.default_time_zone,
+                )
+            return self._caps
+
+    @property
     def channels(self) -> dict[str, Channel]:
+        client = self.redis
         with self._lock:
             if self._channels is None:
-                client = None
-                if self.settings.redis_url:
-                    client = redis.Redis.from_url(self.settings.redis_url)
                 self._channels = build_channels(self.settings, client)
             return self._channels
 
@@ -202,6 +253,10 @@ class Runtime:
         with self._lock:
             for channel in (self._channels or {}).values():
                 channel.close()
+            if self._redis is not None:
+                self._redis.close()
+                self._redis = None
+                self._caps = None
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None

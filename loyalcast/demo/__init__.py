@@ -32,12 +32,14 @@ from store import CampaignRun, Delivery, DeliveryStatus, RunStatus, make_engine,
 from store import upgrade as upgrade_schema
 from workers import close_broker, make_broker
 from workers.catalog import campaign_status, create_campaign
+from workers.runtime import program_for
 
 from .seed import seed_members
 
 __all__ = ["CAMPAIGN_FILE", "demo_settings", "run_demo"]
 
 CAMPAIGN_FILE = Path(__file__).parent / "winter-double-points.yaml"
+POLICY_FILE = Path(__file__).parent / "policy.yaml"
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -54,6 +56,7 @@ def demo_settings(settings: Settings) -> Settings:
         outbox_dir=None,
         tick_seconds=1.0,
         sweep_seconds=5.0,
+        policy_file=POLICY_FILE,
         twilio_account_sid=None,
         twilio_auth_token=None,
         sendgrid_api_key=None,
@@ -85,7 +88,7 @@ def run_demo(
             seed_members(
                 engine, members, seed=seed, progress=lambda n: progress.update(task, completed=n)
             )
-        created = create_campaign(sessions, CAMPAIGN_FILE)
+        created = create_campaign(sessions, CAMPAIGN_FILE, program=program_for(s))
         console.print(f"campaign [bold]{created.name}[/] created, run {created.run_id} due now")
         console.print(f"database: {s.effective_database_url}")
         for line in channel_lines(s):
