@@ -45,13 +45,29 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def load_settings() -> Settings:
-    """The settings from the environment, or exit 2 naming the bad variable."""
+    """The settings from the environment, or exit 2 naming the bad variable.
+
+    The program policy file (LOYALCAST_POLICY_FILE) is validated here too, so a
+    mistake in it stops every command at start with its line and key.
+    """
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         fail(f"configuration: {exc}", code=2)
     configure_logging(settings.log_level)
+    load_program(settings)
     return settings
+
+
+def load_program(settings: Settings) -> Any:
+    """The program policy in force, or exit 2 naming the file, line and key at fault."""
+    from workers.program import ProgramFileError
+    from workers.runtime import program_for
+
+    try:
+        return program_for(settings)
+    except (ProgramFileError, OSError) as exc:
+        fail(f"policy file refused:\n{exc}", code=2)
 
 
 def _sessions(settings: Settings, upgrade: bool = True) -> Any:
@@ -214,7 +230,9 @@ def campaigns_create(
     settings = load_settings()
     sessions = _sessions(settings)
     try:
-        created = create_campaign(sessions, file, template_path=templates or ())
+        created = create_campaign(
+            sessions, file, template_path=templates or (), program=load_program(settings)
+        )
     except CampaignFileError as exc:
         fail(f"campaign refused:\n{exc}")
     what = "created" if created.changed else "unchanged"

@@ -51,11 +51,14 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start worker groups and schedulers; every one is killed when the test ends."""
     started: list[WorkerGroup | subprocess.Popen[bytes]] = []
 
-    def start(kind: str, env: dict[str, str]) -> object:
+    def start(kind: str, env: dict[str, str], *, processes: int = 2, threads: int = 2) -> object:
         log = (tmp_path / f"{kind}-{len(started)}.log").open("ab")
         if kind == "workers":
             group = WorkerGroup(
-                env, processes=2, threads=2, log_file=tmp_path / f"workers-{len(started)}.log"
+                env,
+                processes=processes,
+                threads=threads,
+                log_file=tmp_path / f"workers-{len(started)}.log",
             )
             group.start()
             started.append(group)

@@ -309,3 +309,35 @@ def test_members_why_lists_deliveries_with_their_reasons(tmp_path: Path, sqlite_
     missing = _run(tmp_path, "members", "why", "NOBODY", LOYALCAST_DATABASE_URL=sqlite_url)
     assert missing.returncode == 1
     assert "no member with external id 'NOBODY'" in missing.stderr
+
+
+def test_a_bad_policy_file_stops_every_command_naming_line_and_key(tmp_path: Path):
+    """A mistake in LOYALCAST_POLICY_FILE is refused at start with its line and key."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "caps:\n  - {name: weekly, scope: all, window: 7d, limit: 0, categories: [marketing]}\n"
+    )
+    result = _run(tmp_path, "db", "upgrade", LOYALCAST_POLICY_FILE=str(policy))
+    assert result.returncode == 2
+    assert "policy.yaml, line 2, caps[0].limit" in " ".join(result.stderr.split())
+
+
+def test_campaign_segments_may_use_the_declared_attributes_only(tmp_path: Path):
+    """attributes.<key> works when the policy declares it, and is refused naming the path if not."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("attributes: {favourite_store: text}\n")
+    good = write_campaign(
+        tmp_path,
+        name="stores",
+        segment="{all: [{field: attributes.favourite_store, op: '=', value: downtown}]}",
+    )
+    ok = _run(tmp_path, "campaigns", "create", str(good), LOYALCAST_POLICY_FILE=str(policy))
+    assert ok.returncode == 0, ok.stderr
+    bad = write_campaign(
+        tmp_path,
+        name="shoes",
+        segment="{all: [{field: attributes.shoe_size, op: '=', value: '42'}]}",
+    )
+    refused = _run(tmp_path, "campaigns", "create", str(bad), LOYALCAST_POLICY_FILE=str(policy))
+    assert refused.returncode == 1
+    assert "segment.all[0].field" in " ".join(refused.stderr.split())
