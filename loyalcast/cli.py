@@ -33,6 +33,8 @@ campaigns_app = typer.Typer(help="Campaign files, versions and progress.", no_ar
 app.add_typer(db_app, name="db")
 app.add_typer(members_app, name="members")
 app.add_typer(campaigns_app, name="campaigns")
+segments_app = typer.Typer(help="Saved audiences: save, preview, snapshot.", no_args_is_help=True)
+app.add_typer(segments_app, name="segments")
 
 console = Console(stderr=False, highlight=False)
 errors = Console(stderr=True, highlight=False)
@@ -205,6 +207,85 @@ def members_why(
             why = f"{why} (until {d.not_before:%Y-%m-%d %H:%M}Z)"
         table.add_row(f"{d.created_at:%Y-%m-%d %H:%M}Z", d.campaign, d.channel or "", d.status, why)
     console.print(table)
+
+
+@segments_app.command("save")
+def segments_save(
+    file: Annotated[Path, typer.Argument(help="A segment file (YAML: name, description, rule).")],
+) -> None:
+    """Check a segment file and save it; campaigns can then say `segment: <name>`."""
+    from segments import save_segment
+    from workers.segment_files import SegmentFileError, parse_segment_file
+
+    settings = load_settings()
+    program = load_program(settings)
+    try:
+        parsed = parse_segment_file(file, attributes=program.attributes)
+    except SegmentFileError as exc:
+        fail(f"segment refused:\n{exc}")
+    sessions = _sessions(settings)
+    with sessions.begin() as session:
+        save_segment(
+            session,
+            parsed.name,
+            parsed.rule_data,
+            attributes=program.attributes,
+            description=parsed.description,
+        )
+    console.print(f"segment {parsed.name} saved")
+
+
+@segments_app.command("preview")
+def segments_preview(
+    what: Annotated[str, typer.Argument(help="A segment file, or the name of a saved segment.")],
+    sample: Annotated[int, typer.Option(help="How many members to show.", min=0)] = 10,
+) -> None:
+    """How many members a segment selects now, a sample of them, and the query's cost."""
+    from segments import load_segment, preview
+    from workers.segment_files import SegmentFileError, parse_segment_file
+
+    settings = load_settings()
+    program = load_program(settings)
+    sessions = _sessions(settings)
+    with sessions() as session:
+        if Path(what).exists():
+            try:
+                rule = parse_segment_file(Path(what), attributes=program.attributes).rule
+            except SegmentFileError as exc:
+                fail(f"segment refused:\n{exc}")
+        else:
+            try:
+                _, rule = load_segment(session, what, attributes=program.attributes)
+            except LookupError as exc:
+                fail(f"{exc} (and no file {what!r})")
+        result = preview(session, rule, sample=sample)
+    console.print(f"[bold]{result.count}[/] members match")
+    table = Table("id", "external id", "name", title="sample")
+    for member_id, external_id, name in result.sample_members:
+        table.add_row(str(member_id), external_id, name or "")
+    console.print(table)
+    console.print("query plan:", markup=False)
+    console.print(result.cost or "(not available)", markup=False)
+
+
+@segments_app.command("snapshot")
+def segments_snapshot(
+    name: Annotated[str, typer.Argument(help="A saved segment's name.")],
+) -> None:
+    """Evaluate a saved segment now and say who entered and who left since the last time."""
+    from segments import load_segment, snapshot
+
+    settings = load_settings()
+    sessions = _sessions(settings)
+    with sessions.begin() as session:
+        try:
+            segment, _ = load_segment(session, name)
+        except LookupError as exc:
+            fail(str(exc))
+        diff = snapshot(session, segment)
+    console.print(
+        f"{name}: {diff.count} members; {len(diff.entered)} entered, {len(diff.left)} left"
+    )
 
 
 @campaigns_app.command("create")

@@ -341,3 +341,48 @@ def test_campaign_segments_may_use_the_declared_attributes_only(tmp_path: Path):
     refused = _run(tmp_path, "campaigns", "create", str(bad), LOYALCAST_POLICY_FILE=str(policy))
     assert refused.returncode == 1
     assert "segment.all[0].field" in " ".join(refused.stderr.split())
+
+
+def test_segments_save_preview_snapshot_and_campaigns_that_name_them(tmp_path: Path):
+    """A saved segment is previewed with count, sample and plan, snapshotted, and used by name."""
+    members = tmp_path / "members.jsonl"
+    members.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "external_id": f"G{i}",
+                    "name": f"Gia {i}",
+                    "email": f"g{i}@example.com",
+                    "tier": "gold" if i % 2 else "silver",
+                    "points_balance": 100 * i,
+                }
+            )
+            + "\n"
+            for i in range(10)
+        )
+    )
+    assert _run(tmp_path, "members", "import", str(members)).returncode == 0
+    segment = tmp_path / "gold.yaml"
+    segment.write_text(
+        "name: gold-rich\nrule:\n  all:\n    - {field: tier, op: '=', value: gold}\n"
+        "    - {field: points_balance, op: '>=', value: 500}\n"
+    )
+    # When it is saved and previewed
+    assert _run(tmp_path, "segments", "save", str(segment)).returncode == 0
+    shown = _run(tmp_path, "segments", "preview", "gold-rich", COLUMNS="200")
+    # Then the preview counts members 5, 7, 9 and shows them and a query plan
+    assert shown.returncode == 0, shown.stderr
+    assert "3 members match" in shown.stdout
+    assert "G5" in shown.stdout
+    assert "query plan:" in shown.stdout
+    first = _run(tmp_path, "segments", "snapshot", "gold-rich")
+    assert "gold-rich: 3 members; 3 entered, 0 left" in first.stdout
+    # And a campaign can name it
+    campaign = write_campaign(tmp_path, segment="gold-rich")
+    created = _run(tmp_path, "campaigns", "create", str(campaign))
+    assert created.returncode == 0, created.stderr
+    # And a mistake in a segment file names its line and path
+    segment.write_text("name: broken\nrule:\n  all:\n    - {field: tier, op: '=>', value: gold}\n")
+    refused = _run(tmp_path, "segments", "save", str(segment))
+    assert refused.returncode == 1
+    assert "gold.yaml, line 4, rule.all[0].op: unknown operator" in " ".join(refused.stderr.split())

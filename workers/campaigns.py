@@ -103,7 +103,8 @@ class CampaignSpec(BaseModel):
     kind: Literal["broadcast"]
     category: Literal["marketing", "service", "transactional"]
     description: str | None = None
-    segment: dict[str, Any] | None = None
+    segment: dict[str, Any] | str | None = None
+    """A rule, or the name of a saved segment (resolved when the campaign is created)."""
     channels: list[str] | Literal["all"]
     template: str
     schedule: Schedule | None = None
@@ -228,7 +229,13 @@ def parse_campaign(
             message = error["msg"].removeprefix("Value error, ")
             problems.append(Problem(path, message, _nearest_line(lines, error["loc"])))
         raise CampaignFileError(source, problems) from None
-    if spec.segment is not None:
+    if isinstance(spec.segment, str):
+        if not SLUG.match(spec.segment):
+            line = _nearest_line(lines, ("segment",))
+            raise CampaignFileError(
+                source, [Problem("segment", "not a saved segment's name", line)]
+            )
+    elif spec.segment is not None:
         try:
             parse_rule(spec.segment, "segment", attributes=attributes)
         except RuleError as exc:

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from segments import audience_filter, parse_rule
+from segments import audience_filter, load_segment, parse_rule
 from store import (
     Campaign,
     CampaignRun,
@@ -156,6 +156,15 @@ def create_campaign(
         raise CampaignFileError(source, [Problem("template", str(exc))]) from None
 
     attributes = program.attributes if program is not None else None
+    if isinstance(spec.segment, str):
+        # A saved segment: this version keeps the rule as it is now.
+        with sessions() as session:
+            try:
+                saved, _ = load_segment(session, spec.segment, attributes=attributes)
+            except LookupError:
+                problem = Problem("segment", f"no saved segment named {spec.segment!r}")
+                raise CampaignFileError(source, [problem]) from None
+            spec = spec.model_copy(update={"segment": saved.rule})
     rule = (
         parse_rule(spec.segment, "segment", attributes=attributes)
         if spec.segment is not None
