@@ -46,6 +46,7 @@ def test_public_surface_is_declared() -> None:
     exported = set(segments.__all__)
     # Then it is the documented API
     assert {
+        "DEFAULT_BATCH",
         "FIELDS",
         "MAX_DEPTH",
         "MAX_LIST_VALUES",
@@ -57,6 +58,8 @@ def test_public_surface_is_declared() -> None:
         "Attribute",
         "Condition",
         "Consented",
+        "DueReminder",
+        "ExpiringPoints",
         "FieldSpec",
         "FieldType",
         "Frame",
@@ -71,7 +74,10 @@ def test_public_surface_is_declared() -> None:
         "SnapshotDiff",
         "audience_filter",
         "compile_rule",
+        "due_reminders",
         "evaluate_rule",
+        "expiry_candidates",
+        "iter_expiring",
         "load_segment",
         "parse_rule",
         "preview",
