@@ -134,3 +134,48 @@ def test_caps_without_redis_defer_instead_of_skipping(database_url, tmp_path):
     [row] = _rows(sessions)
     assert (row.status, row.reason) == ("deferred", "caps_unavailable")
     assert channels["email"].sent == []
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("deadline_in", "expected"),
+    [(timedelta(days=30), "deferred"), (timedelta(days=2), "suppressed")],
+)
+def test_a_capped_deadline_bound_message_waits_for_a_free_slot_before_its_deadline(
+    database_url, tmp_path, capped_runtime, deadline_in, expected
+):
+    """Over the cap, a deadline-bound message waits for the next free slot if that comes in time."""
+    from channels import Message
+    from workers.capping import apply_caps
+
+    # Given a member who has had the 2 messages the weekly cap allows
+    sessions = sessions_for(database_url)
+    with sessions.begin() as s:
+        add_member(s)
+    rt = capped_runtime(scripted_channels())
+    for name in ("one", "two"):
+        _send(rt, sessions, tmp_path, name)
+    member_id = _rows(sessions)[0].member_id
+    now = datetime.now(UTC)
+    reminder = Message(
+        delivery_id=10_000,
+        dedupe_key="expiry:x",
+        member_id=member_id,
+        channel="email",
+        to="m@example.com",
+        parts={},
+        category="marketing",
+        campaign="points-expiry",
+        metadata={"deadline": now + deadline_in, "time_zone": "UTC"},
+    )
+    # When a third, deadline-bound message comes
+    kept, closed, deferred = apply_caps(rt, [reminder], now)
+    # Then it waits for the slot freed in 7 days when its deadline allows, else is suppressed
+    assert kept == []
+    if expected == "deferred":
+        [entry] = deferred
+        assert entry["b_reason"] == "frequency_cap"
+        assert timedelta(days=6, hours=23) < entry["b_until"] - now <= timedelta(days=7)
+    else:
+        [entry] = closed
+        assert (entry["b_status"], entry["b_reason"]) == ("suppressed", "frequency_cap")
