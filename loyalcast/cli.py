@@ -352,6 +352,60 @@ def campaigns_status(name: Annotated[str, typer.Argument(help="The campaign's na
     console.print(counts)
 
 
+@campaigns_app.command("cancel")
+def campaigns_cancel(name: Annotated[str, typer.Argument(help="The campaign's name.")]) -> None:
+    """Cancel a campaign: returns once nothing more of it can be sent, on any worker."""
+    from workers.control import cancel_campaign
+
+    settings = load_settings()
+    try:
+        result = cancel_campaign(_sessions(settings), name, timeout=settings.lease_seconds)
+    except LookupError as exc:
+        fail(str(exc))
+    console.print(
+        f"campaign {name} cancelled: {result.suppressed} deliveries will not be sent"
+        f" (waited {result.waited:.1f} s for sends already at a provider)"
+    )
+    if result.stranded:
+        errors.print(
+            f"warning: {result.stranded} deliveries were being sent by a worker that "
+            "stopped; they end unknown",
+            markup=False,
+        )
+
+
+@campaigns_app.command("pause")
+def campaigns_pause(name: Annotated[str, typer.Argument(help="The campaign's name.")]) -> None:
+    """Pause a campaign: nothing more is sent or planned until it is resumed."""
+    from workers.control import pause_campaign
+
+    settings = load_settings()
+    try:
+        waiting = pause_campaign(_sessions(settings), name)
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"campaign {name} paused: {waiting} deliveries wait")
+
+
+@campaigns_app.command("resume")
+def campaigns_resume(name: Annotated[str, typer.Argument(help="The campaign's name.")]) -> None:
+    """Resume a paused campaign: its waiting deliveries are due at once."""
+    from workers import close_broker, make_broker
+    from workers.control import resume_campaign
+
+    settings = load_settings()
+    broker = make_broker(settings) if settings.redis_url else None
+    try:
+        resumed = resume_campaign(_sessions(settings), name, broker)
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+    finally:
+        if broker is not None:
+            close_broker(broker)
+    how = "enqueued" if broker is not None else "due (the scheduler's sweep enqueues them)"
+    console.print(f"campaign {name} resumed: {resumed} deliveries {how}")
+
+
 @app.command()
 def worker(
     processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from channels import Message
@@ -31,6 +31,11 @@ from .runtime import Runtime
 from .unsubscribe import unsubscribe_url
 
 __all__ = ["Closed", "Deferred", "compose"]
+
+
+#: A paused campaign's rows wait this long before the deliver job looks again
+#: (resume makes them due at once).
+PAUSED_RECHECK = timedelta(days=3650)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ def compose(
     """Decide and render ``row``'s message, or say why it is not sent."""
     if campaign_status == CampaignStatus.CANCELLED:
         return Closed(row.id, DeliveryStatus.SUPPRESSED, "cancelled", "campaign cancelled")
+    if campaign_status == CampaignStatus.PAUSED:
+        return Deferred(row.id, now + PAUSED_RECHECK, "paused", "campaign paused")
     if member is None or member.deleted_at is not None:
         return Closed(row.id, DeliveryStatus.SUPPRESSED, "member_deleted", "member deleted")
     version = rt.version(row.campaign_version_id)

@@ -36,6 +36,7 @@ from channels import Message, Outcome, TransientDeliveryError
 from store import (
     Campaign,
     CampaignRun,
+    CampaignStatus,
     Consent,
     Delivery,
     DeliveryStatus,
@@ -176,6 +177,10 @@ def _send_chunk(
                     Delivery.id.in_([m.delivery_id for m in chunk]),
                     Delivery.status.in_(OPEN),
                     or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
+                    # Cancel and pause take effect here, on every worker, at once.
+                    Delivery.campaign_id.in_(
+                        select(Campaign.id).where(Campaign.status == CampaignStatus.ACTIVE)
+                    ),
                 )
                 .values(
                     status=DeliveryStatus.SENDING,

@@ -34,6 +34,7 @@ from store import (
     DeliveryStatus,
     Member,
     RunStatus,
+    affected_rows,
     insert_ignore,
     utcnow,
 )
@@ -93,6 +94,7 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
     page = rt.settings.batch_size
     rows_per_page = page // len(channels) if per_channel else page
     written = 0
+    stopped = False
 
     while True:
         with rt.sessions.begin() as session:
@@ -107,6 +109,24 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
             if not ids:
                 break
             now = utcnow()
+            dialect = session.get_bind().dialect.name
+            greatest = func.max if dialect == "sqlite" else func.greatest
+            # Advance the cursor first, only while the run is still planning: a
+            # cancelled run takes no more rows, and this page's lock on the run
+            # row orders it against a concurrent cancel (workers/control.py).
+            still_planning = affected_rows(
+                session.execute(
+                    update(CampaignRun)
+                    .where(CampaignRun.id == run_id, CampaignRun.status == RunStatus.PLANNING)
+                    .values(
+                        planned_through=greatest(CampaignRun.planned_through, ids[-1]),
+                        claimed_at=now,
+                    )
+                )
+            )
+            if not still_planning:
+                stopped = True
+                break
             base = {
                 "campaign_id": version.campaign_id,
                 "campaign_version_id": version.id,
@@ -142,24 +162,20 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
                             "channel": None,
                         }
                     )
-            dialect = session.get_bind().dialect.name
             stmt = insert_ignore(dialect, Delivery, rows, ["dedupe_key"]).returning(Delivery.id)
             new_ids = list(session.scalars(stmt))
             last = ids[-1]
             session.execute(
                 update(CampaignRun)
                 .where(CampaignRun.id == run_id)
-                .values(
-                    planned_through=func.max(CampaignRun.planned_through, last)
-                    if dialect == "sqlite"
-                    else func.greatest(CampaignRun.planned_through, last),
-                    planned_count=CampaignRun.planned_count + len(new_ids),
-                    claimed_at=now,
-                )
+                .values(planned_count=CampaignRun.planned_count + len(new_ids))
             )
         written += len(new_ids)
         if rt.broker is not None:
             enqueue_deliver(rt.broker, sorted(new_ids))
+    if stopped:
+        log.info("planning stopped: the run is no longer planning", run_id=run_id)
+        return PlanResult(run_id, written, "stopped")
     result = _finish(rt, run_id, RunStatus.PLANNED, written)
     log.info("run planned", run_id=run_id, written=written)
     return result
