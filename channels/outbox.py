@@ -51,6 +51,7 @@ class OutboxChannel(BatchChannel):
                 "category": message.category,
                 "campaign": message.campaign,
                 "parts": dict(message.parts),
+                "test": bool(message.metadata.get("test", False)),
                 "written_at": now.isoformat(),
             },
             ensure_ascii=False,

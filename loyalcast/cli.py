@@ -34,6 +34,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(members_app, name="members")
 app.add_typer(campaigns_app, name="campaigns")
 segments_app = typer.Typer(help="Saved audiences: save, preview, snapshot.", no_args_is_help=True)
+deliveries_app = typer.Typer(help="The delivery ledger.", no_args_is_help=True)
+app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(segments_app, name="segments")
 
 console = Console(stderr=False, highlight=False)
@@ -350,6 +352,84 @@ def campaigns_status(name: Annotated[str, typer.Argument(help="The campaign's na
         counts.add_row(status, reason or "", str(n))
     counts.add_row("[bold]total[/]", "", str(report.total))
     console.print(counts)
+
+
+@campaigns_app.command("test-send")
+def campaigns_test_send(
+    file: Annotated[Path, typer.Argument(help="The campaign file (YAML).")],
+    to: Annotated[str, typer.Option("--to", help="The member's external id.")],
+    templates: Annotated[
+        list[Path] | None, typer.Option("--templates", help="Folder of template folders.")
+    ] = None,
+) -> None:
+    """Render a campaign for one member and send it to them alone, marked [TEST].
+
+    Outside frequency caps and quiet hours, not recorded in the ledger; consent
+    and reachability still decide the channel.
+    """
+    from channels import DeliveryError
+    from workers import CampaignFileError, Runtime
+    from workers.trial_send import TrialRefused, send_trial
+
+    settings = load_settings()
+    _sessions(settings)
+    runtime = Runtime(settings, program=load_program(settings))
+    try:
+        message, outcome = send_trial(runtime, file, to, template_path=templates or ())
+        mode = "live" if runtime.channels[message.channel].live else "outbox"
+    except CampaignFileError as exc:
+        fail(f"campaign refused:\n{exc}")
+    except (LookupError, TrialRefused) as exc:
+        fail(str(exc))
+    finally:
+        runtime.close()
+    if isinstance(outcome, DeliveryError):
+        fail(f"test send to {to} on {message.channel} failed: {outcome}")
+    console.print(
+        f"test send to {to} ({message.to}) on {message.channel} [{mode}]: "
+        f"{outcome.provider_message_id}",
+        markup=False,
+    )
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(
+    campaign: Annotated[str, typer.Option(help="The campaign whose deliveries to retry.")],
+    status: Annotated[
+        str, typer.Option(help="Only 'failed' deliveries can be retried.")
+    ] = "failed",
+    reason: Annotated[
+        str | None,
+        typer.Option(help="Only those failed with this reason (e.g. retries_exhausted)."),
+    ] = None,
+) -> None:
+    """Send a campaign's failed deliveries again, still once only (same rows, same keys).
+
+    Only deliveries that never reached a provider are retried; ones a provider
+    accepted and later reported undelivered went out once and are left alone.
+    """
+    from workers import close_broker, make_broker
+    from workers.retry import retry_failed
+
+    if status != "failed":
+        fail("only --status failed can be retried (unknown deliveries may have been sent)")
+    settings = load_settings()
+    broker = make_broker(settings) if settings.redis_url else None
+    try:
+        result = retry_failed(_sessions(settings), campaign, reason=reason, broker=broker)
+    except LookupError as exc:
+        fail(str(exc))
+    finally:
+        if broker is not None:
+            close_broker(broker)
+    console.print(
+        f"{result.reopened} failed deliveries of {campaign} will be sent again"
+        + (
+            f"; {result.left_alone} reported undelivered by a provider were left alone"
+            if result.left_alone
+            else ""
+        )
+    )
 
 
 @campaigns_app.command("cancel")

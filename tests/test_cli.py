@@ -386,3 +386,37 @@ def test_segments_save_preview_snapshot_and_campaigns_that_name_them(tmp_path: P
     refused = _run(tmp_path, "segments", "save", str(segment))
     assert refused.returncode == 1
     assert "gold.yaml, line 4, rule.all[0].op: unknown operator" in " ".join(refused.stderr.split())
+
+
+def test_campaigns_test_send_marks_the_message_and_records_nothing(tmp_path: Path):
+    """test-send renders for one member, sends to them alone marked [TEST], and writes no row."""
+    members = tmp_path / "members.jsonl"
+    members.write_text(
+        json.dumps(
+            {
+                "external_id": "T-1",
+                "name": "Tess Ting",
+                "phone": "+14155550123",
+                "tier": "gold",
+                "consent_sms": "yes",
+            }
+        )
+        + "\n"
+    )
+    assert _run(tmp_path, "members", "import", str(members)).returncode == 0
+    campaign = write_campaign(tmp_path, channels="[sms]")
+    result = _run(tmp_path, "campaigns", "test-send", str(campaign), "--to", "T-1")
+    assert result.returncode == 0, result.stderr
+    assert "test send to T-1 (+14155550123) on sms [outbox]" in result.stdout
+    [line] = [
+        json.loads(x) for x in (tmp_path / "data" / "outbox" / "sms.jsonl").read_text().splitlines()
+    ]
+    assert line["test"] is True
+    assert line["parts"]["text"].startswith("[TEST] Double points this weekend, Tess!")
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'loyalcast.db'}")
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Delivery)) == 0
+    engine.dispose()
+    refused = _run(tmp_path, "campaigns", "test-send", str(campaign), "--to", "NOBODY")
+    assert refused.returncode == 1
+    assert "no member with external id 'NOBODY'" in refused.stderr

@@ -175,3 +175,46 @@ def test_cancel_in_the_middle_of_a_50000_member_broadcast(
     assert set(counts) <= {"sent", "suppressed", "unknown"}, counts  # nothing left open
     assert result.suppressed > 0
     engine.dispose()
+
+
+def test_retry_sends_failed_deliveries_again_once(database_url, tmp_path):
+    """Failed deliveries that never reached a provider go out again, each once; others stay."""
+    from sqlalchemy import update as sa_update
+
+    from channels import TransientDeliveryError
+    from workers.retry import retry_failed
+
+    # Given a provider outage that exhausted every attempt for three members
+    sessions = sessions_for(database_url)
+    with sessions.begin() as s:
+        for _ in range(3):
+            add_member(s)
+    created = create(sessions, write_campaign(tmp_path, max_attempts=1))
+    claim_due_runs(sessions)
+    outage = [True]
+    channels = scripted_channels(lambda m: TransientDeliveryError("503") if outage[0] else None)
+    rt = runtime_for(database_url, tmp_path, channels=channels)
+    plan_run(rt, created.run_id)
+    deliver_batch(rt, [r.id for r in _rows(sessions)])
+    assert {(r.status, r.reason) for r in _rows(sessions)} == {("failed", "retries_exhausted")}
+    # And one of them had in fact been accepted and later reported undelivered
+    undelivered = _rows(sessions)[0].id
+    with sessions.begin() as s:
+        s.execute(
+            sa_update(Delivery)
+            .where(Delivery.id == undelivered)
+            .values(provider_message_id="SM-undelivered")
+        )
+    # When the outage is over and the operator retries the campaign's failures, twice
+    outage[0] = False
+    first = retry_failed(sessions, "test-broadcast")
+    deliver_batch(rt, [r.id for r in _rows(sessions)])
+    second = retry_failed(sessions, "test-broadcast")
+    deliver_batch(rt, [r.id for r in _rows(sessions)])
+    # Then the two that never went out were sent once each; the undelivered one was left alone
+    assert (first.reopened, first.left_alone) == (2, 1)
+    assert (second.reopened, second.left_alone) == (0, 1)
+    assert sorted(r.status for r in _rows(sessions)) == ["failed", "sent", "sent"]
+    assert len(channels["email"].sent) == 2
+    with sessions() as s:
+        assert s.get(CampaignRun, created.run_id).status == "completed"
