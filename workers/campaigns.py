@@ -29,12 +29,20 @@ from datetime import UTC, datetime, time
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from channels import CHANNEL_NAMES
 from segments import RuleError, parse_rule
 
 from .program import Program, QuietHours
+from .quiet_hours import resolve_wall
 from .yamlfile import Problem
 from .yamlfile import dotted as _dotted
 from .yamlfile import line_map as _line_map
@@ -64,8 +72,14 @@ class CampaignFileError(ValueError):
         super().__init__("\n".join(lines))
 
 
+#: The earliest time zone on Earth (UTC+14): a member-local schedule's run falls
+#: due when the wall time first arrives anywhere.
+EARLIEST_ZONE = "Pacific/Kiritimati"
+
+
 class Schedule(BaseModel):
-    """When a broadcast goes out: an instant, read in ``timezone``."""
+    """When a broadcast goes out: an instant read in ``timezone``, or, with
+    ``timezone: member``, a wall time each member gets in their own zone."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -76,22 +90,38 @@ class Schedule(BaseModel):
     @classmethod
     def _zone(cls, value: str) -> str:
         if value == "member":
-            raise ValueError(
-                "member-local schedules (timezone: member) are not supported in this version; "
-                "give an IANA time zone such as Europe/Berlin"
-            )
+            return value
         try:
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown IANA time zone {value!r}") from None
         return value
 
+    @model_validator(mode="after")
+    def _member_wall_time(self) -> Schedule:
+        if self.member_local and self.at.tzinfo is not None:
+            raise ValueError(
+                "timezone: member takes a wall time without offset, e.g. 2026-12-01T10:00"
+            )
+        return self
+
+    @property
+    def member_local(self) -> bool:
+        """True for ``timezone: member``: each member at ``at`` in their own zone."""
+        return self.timezone == "member"
+
     def due_at(self) -> datetime:
-        """The instant the schedule names, in UTC."""
+        """When the run falls due, in UTC (for member-local: where the wall time comes first)."""
         at = self.at
+        if self.member_local:
+            return resolve_wall(at.replace(tzinfo=None), zoneinfo.ZoneInfo(EARLIEST_ZONE))
         if at.tzinfo is None:
             at = at.replace(tzinfo=zoneinfo.ZoneInfo(self.timezone))
         return at.astimezone(UTC)
+
+    def member_instant(self, time_zone: str) -> datetime:
+        """The instant a member-local schedule names in ``time_zone`` (DST-safe)."""
+        return resolve_wall(self.at.replace(tzinfo=None), zoneinfo.ZoneInfo(time_zone))
 
 
 class CampaignSpec(BaseModel):

@@ -20,6 +20,7 @@ decided by the deliver job, just before sending (DESIGN.md §4).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -98,14 +99,14 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
 
     while True:
         with rt.sessions.begin() as session:
-            ids = list(
-                session.scalars(
-                    select(Member.id)
-                    .where(audience, Member.id > last)
-                    .order_by(Member.id)
-                    .limit(max(rows_per_page, 1))
-                )
+            found = session.execute(
+                select(Member.id, Member.time_zone)
+                .where(audience, Member.id > last)
+                .order_by(Member.id)
+                .limit(max(rows_per_page, 1))
             )
+            zones: dict[int, str | None] = {row.id: row.time_zone for row in found}
+            ids = list(zones)
             if not ids:
                 break
             now = utcnow()
@@ -127,7 +128,7 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
             if not still_planning:
                 stopped = True
                 break
-            base = {
+            base_row = {
                 "campaign_id": version.campaign_id,
                 "campaign_version_id": version.id,
                 "run_id": run_id,
@@ -136,11 +137,15 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
                 "attempts": 0,
                 "resend_on_ambiguous": spec.on_ambiguous == "resend",
                 "enqueued_at": now,
+                "not_before": None,
+                "reason": None,
+                "detail": None,
                 "created_at": now,
                 "updated_at": now,
             }
             rows: list[dict[str, Any]] = []
             for member_id in ids:
+                base = {**base_row, **_when(spec, zones[member_id], rt, now)}
                 if per_channel:
                     rows.extend(
                         {
@@ -162,15 +167,17 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
                             "channel": None,
                         }
                     )
-            stmt = insert_ignore(dialect, Delivery, rows, ["dedupe_key"]).returning(Delivery.id)
-            new_ids = list(session.scalars(stmt))
+            stmt = insert_ignore(dialect, Delivery, rows, ["dedupe_key"])
+            inserted = session.execute(stmt.returning(Delivery.id, Delivery.status)).all()
+            new_ids = [i for i, status in inserted if status == DeliveryStatus.PENDING]
+            written_now = len(inserted)
             last = ids[-1]
             session.execute(
                 update(CampaignRun)
                 .where(CampaignRun.id == run_id)
-                .values(planned_count=CampaignRun.planned_count + len(new_ids))
+                .values(planned_count=CampaignRun.planned_count + written_now)
             )
-        written += len(new_ids)
+        written += written_now
         if rt.broker is not None:
             enqueue_deliver(rt.broker, sorted(new_ids))
     if stopped:
@@ -179,6 +186,34 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
     result = _finish(rt, run_id, RunStatus.PLANNED, written)
     log.info("run planned", run_id=run_id, written=written)
     return result
+
+
+def _when(spec: Any, time_zone: str | None, rt: Runtime, now: datetime) -> dict[str, Any]:
+    """Row fields for when a delivery may go: now, or the member's own wall time.
+
+    With ``schedule: {at: ..., timezone: member}`` each member's row waits
+    (``deferred``, reason ``scheduled``) until that wall time in the member's
+    zone (the program's default without one); the sweeper enqueues it when the
+    moment comes. A moment already past (a late run) sends at once.
+    """
+    schedule = spec.schedule
+    if schedule is None or not schedule.member_local:
+        return {}
+    zone = time_zone or rt.program.default_time_zone
+    try:
+        at = schedule.member_instant(zone)
+    except (ValueError, KeyError):  # an unknown zone: the program's
+        zone = rt.program.default_time_zone
+        at = schedule.member_instant(zone)
+    if at <= now:
+        return {}
+    return {
+        "status": DeliveryStatus.DEFERRED,
+        "not_before": at,
+        "reason": "scheduled",
+        "detail": f"{schedule.at:%Y-%m-%d %H:%M} member-local ({zone})",
+        "enqueued_at": None,
+    }
 
 
 def _finish(rt: Runtime, run_id: int, status: RunStatus, written: int) -> PlanResult:
