@@ -15,9 +15,9 @@ raises :class:`CampaignFileError`, whose message names the file, the line
 and the key of every problem (``campaign.yaml, line 7, segment.all[0].op:
 unknown operator "=>"``).
 
-This version runs ``kind: broadcast``; expiry reminders, welcome sequences and
-member-local schedules are refused with a message saying so rather than
-accepted and never run.
+This version runs ``kind: broadcast``, at an instant or at a member-local
+wall time (``timezone: member``); expiry reminders and welcome sequences are
+refused with a message saying so rather than accepted and never run.
 """
 
 from __future__ import annotations
