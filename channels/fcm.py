@@ -51,7 +51,7 @@ from .errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from .http import is_ambiguous, retry_after_seconds
+from .http import retry_after_seconds, transport_error
 from .ratelimit import NoLimit, RateLimiter
 
 __all__ = ["DEFAULT_FCM_BASE_URL", "FCM_ERRORS", "FCM_SCOPE", "FcmSender"]
@@ -244,14 +244,7 @@ class FcmSender:
             detail = f"the OAuth token endpoint is unreachable: {exc}"
             raise TransientDeliveryError(detail, code="token_endpoint") from exc
         except requests.RequestException as exc:
-            if is_ambiguous(exc):
-                detail = f"FCM did not answer in {self.timeout} s or cut its answer off"
-                raise TransientDeliveryError(
-                    f"{detail}; it may have accepted the message", code="timeout", ambiguous=True
-                ) from exc
-            raise TransientDeliveryError(
-                f"FCM could not be reached: {exc}", code="network"
-            ) from exc
+            raise transport_error(exc, "FCM", self.timeout) from exc
         if response.status_code == 200:
             name = _json(response).get("name")
             return Receipt(

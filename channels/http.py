@@ -8,7 +8,9 @@ from email.utils import parsedate_to_datetime
 import requests
 from urllib3.exceptions import ProtocolError
 
-__all__ = ["is_ambiguous", "retry_after_seconds"]
+from .errors import TransientDeliveryError
+
+__all__ = ["is_ambiguous", "retry_after_seconds", "transport_error"]
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -41,3 +43,21 @@ def is_ambiguous(exc: requests.RequestException) -> bool:
         return True
     cause = exc.args[0] if exc.args else None
     return isinstance(exc, requests.ConnectionError) and isinstance(cause, ProtocolError)
+
+
+def transport_error(
+    exc: requests.RequestException, who: str, timeout: float
+) -> TransientDeliveryError:
+    """The error for a request that got no usable answer from ``who``.
+
+    Ambiguous (the provider may have the message) after a read timeout or a cut
+    answer; a plain, safely retried transient error when it was never reached.
+    """
+    if is_ambiguous(exc):
+        return TransientDeliveryError(
+            f"{who} did not answer in {timeout} s or cut its answer off; "
+            "it may have accepted the message",
+            code="timeout",
+            ambiguous=True,
+        )
+    return TransientDeliveryError(f"{who} could not be reached: {exc}", code="network")

@@ -44,7 +44,7 @@ from .errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from .http import is_ambiguous, retry_after_seconds
+from .http import retry_after_seconds, transport_error
 from .ratelimit import NoLimit, RateLimiter
 
 __all__ = ["DEFAULT_TTL", "WEBPUSH_ERRORS", "WebPushSender"]
@@ -228,14 +228,7 @@ class WebPushSender:
         except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
             raise InvalidRecipient(f"the push endpoint is not a usable URL: {exc}") from exc
         except requests.RequestException as exc:
-            if is_ambiguous(exc):
-                detail = f"{origin} did not answer in {self.timeout} s or cut its answer off"
-                raise TransientDeliveryError(
-                    f"{detail}; it may have accepted the message", code="timeout", ambiguous=True
-                ) from exc
-            raise TransientDeliveryError(
-                f"{origin} could not be reached: {exc}", code="network"
-            ) from exc
+            raise transport_error(exc, origin, self.timeout) from exc
         except (WebPushException, http_ece.ECEException, ValueError) as exc:
             # Encryption failed: p256dh is not a P-256 point or auth is malformed.
             raise InvalidRecipient(f"the push subscription's keys are unusable: {exc}") from exc
