@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from loyalcast.settings import Settings
 
-__all__ = ["Context", "context", "forbidden", "log", "unconfigured"]
+__all__ = ["Context", "authorized", "context", "forbidden", "log", "unconfigured"]
 
 log = structlog.get_logger("api")
 
@@ -50,3 +51,28 @@ def unconfigured(problem: str) -> PlainTextResponse:
     """
     log.error("webhook not configured", problem=problem)
     return PlainTextResponse(f"webhook not configured: {problem}\n", status_code=503)
+
+
+def authorized(request: Request) -> JSONResponse | None:
+    """``None`` when the request carries ``Authorization: Bearer <LOYALCAST_API_TOKEN>``.
+
+    Otherwise the reply to send: 503 when no token is configured (the
+    endpoints are off), 401 with ``WWW-Authenticate`` when the token is
+    missing or wrong (compared in constant time; never logged).
+    """
+    token = context(request).settings.api_token
+    if not token:
+        return JSONResponse(
+            {"error": "the API is not configured: set LOYALCAST_API_TOKEN"}, status_code=503
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        log.warning("api request refused", path=request.url.path, problem="bad or missing token")
+        return JSONResponse(
+            {"error": "missing or invalid bearer token"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="loyalcast"'},
+        )
+    return None

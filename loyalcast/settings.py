@@ -371,6 +371,16 @@ class Settings:
             "LOYALCAST_PUBLIC_URL", _http_url, "Where providers and members reach `loyalcast api`."
         ),
     )
+    api_token: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_meta(
+            "LOYALCAST_API_TOKEN",
+            str,
+            "Bearer token for the campaign and event endpoints of `loyalcast api`; unset: "
+            "those endpoints answer 503.",
+        ),
+    )
     secret_key: str | None = field(
         default=None,
         repr=False,

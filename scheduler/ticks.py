@@ -1,4 +1,7 @@
-"""What the leader does on each tick: claim due runs in the store and enqueue their plans.
+"""What the leader does on each tick: write the runs now due, claim them, enqueue their plans.
+
+Runs of recurring kinds (expiry reminders' days, cron occurrences, segment
+triggers) are written first by :func:`workers.occurrences.ensure_runs`.
 
 A claim is one conditional UPDATE (``status = 'scheduled' AND due_at <= now``
 -> ``planning``) returning the ids it changed. Two schedulers ticking at the
@@ -16,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store import Campaign, CampaignRun, CampaignStatus, RunStatus, utcnow
 from workers.jobs import enqueue_plan
+from workers.occurrences import ensure_runs
 
 __all__ = ["claim_due_runs", "tick"]
 
@@ -40,7 +44,9 @@ def claim_due_runs(sessions: sessionmaker[Session]) -> list[int]:
 
 
 def tick(sessions: sessionmaker[Session], broker: dramatiq.Broker) -> list[int]:
-    """Claim due runs and enqueue a plan job for each; return the claimed ids."""
+    """Write the runs the calendar now calls for, claim due runs and enqueue a plan job
+    for each; return the claimed ids."""
+    ensure_runs(sessions, utcnow())
     claimed = claim_due_runs(sessions)
     for run_id in sorted(claimed):
         enqueue_plan(broker, run_id)

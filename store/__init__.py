@@ -5,6 +5,7 @@ migrations (``store.migrate``) and member imports (``store.importer``). The
 store imports nothing else of loyalcast's.
 """
 
+from .clock import Clock, set_clock, utcnow
 from .engine import affected_rows, insert_ignore, make_engine, make_sessionmaker
 from .importer import (
     ImportMode,
@@ -25,13 +26,14 @@ from .models import (
     ConsentStatus,
     Delivery,
     DeliveryStatus,
+    Enrollment,
+    EnrollmentStatus,
     HouseholdClaim,
     Member,
     PointLot,
     ProviderEvent,
     PushToken,
     RunStatus,
-    utcnow,
 )
 
 __all__ = [
@@ -40,11 +42,14 @@ __all__ = [
     "CampaignRun",
     "CampaignStatus",
     "CampaignVersion",
+    "Clock",
     "Consent",
     "ConsentEvent",
     "ConsentStatus",
     "Delivery",
     "DeliveryStatus",
+    "Enrollment",
+    "EnrollmentStatus",
     "HouseholdClaim",
     "ImportMode",
     "ImportReport",
@@ -61,6 +66,7 @@ __all__ = [
     "insert_ignore",
     "make_engine",
     "make_sessionmaker",
+    "set_clock",
     "upgrade",
     "utcnow",
 ]

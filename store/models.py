@@ -32,6 +32,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from .clock import utcnow
+
 __all__ = [
     "Base",
     "Campaign",
@@ -43,6 +45,8 @@ __all__ = [
     "ConsentStatus",
     "Delivery",
     "DeliveryStatus",
+    "Enrollment",
+    "EnrollmentStatus",
     "HouseholdClaim",
     "Member",
     "PointLot",
@@ -54,11 +58,6 @@ __all__ = [
     "UTCDateTime",
     "utcnow",
 ]
-
-
-def utcnow() -> datetime:
-    """The current instant, aware, in UTC."""
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -406,14 +405,63 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    enrollment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("enrollments.id", ondelete="CASCADE"), doc="a welcome-sequence step's enrollment"
+    )
+    payload: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONType,
+        doc="what the row's trigger was, rechecked at send time and given to the template "
+        "(an expiry reminder's date and points, a sequence's step)",
+    )
 
     __table_args__ = (
+        Index(None, "enrollment_id"),
         Index(None, "status", "enqueued_at"),
         Index(None, "status", "not_before"),
         Index(None, "status", "lease_until"),
         Index(None, "run_id", "status"),
         Index(None, "member_id", "created_at"),
         Index(None, "provider_message_id"),
+    )
+
+
+class EnrollmentStatus(enum.StrEnum):
+    """Where a member is in a welcome sequence."""
+
+    ACTIVE = "active"
+    """Steps are still to come."""
+    FINISHED = "finished"
+    """Every step was sent or skipped."""
+    EXITED = "exited"
+    """The member left early (an exit rule, every channel opted out, deleted)."""
+
+
+class Enrollment(Base):
+    """One member's pass through one welcome sequence.
+
+    ``cycle`` counts passes: a member re-enrolled after finishing starts cycle
+    2 only when the campaign says ``restart: true``. Each step's delivery row
+    is keyed ``sequence:<enrollment id>:<step>`` (DESIGN.md §2).
+    """
+
+    __tablename__ = "enrollments"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    campaign_version_id: Mapped[int] = mapped_column(ForeignKey("campaign_versions.id"))
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    cycle: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default=EnrollmentStatus.ACTIVE)
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    source: Mapped[str] = mapped_column(String(32), doc="api, import, event, ...")
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    exit_reason: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "member_id", "cycle"),
+        Index(None, "member_id"),
+        Index(None, "status", "campaign_id"),
     )
 
 

@@ -89,10 +89,122 @@ def test_broken_yaml_names_its_line():
     assert "not valid YAML" in message
 
 
-def test_unsupported_kinds_are_refused_with_a_reason():
-    """Kinds this version cannot run are refused, not accepted and never run."""
+def test_a_key_of_another_kind_is_refused_on_its_line():
     message = _problem(GOOD.replace("kind: broadcast", "kind: expiry_reminder"))
-    assert "kind 'expiry_reminder' is not supported in this version" in message
+    assert "winter.yaml, line 10, schedule: only a campaign of kind broadcast takes schedule" in (
+        message
+    )
+
+
+EXPIRY = """\
+name: points-expiry
+kind: expiry_reminder
+category: service
+lead_days: [7, 30, 1]
+min_points: 50
+channels: [email, sms]
+template: points-expiry
+"""
+
+WELCOME = """\
+name: welcome
+kind: welcome_sequence
+category: marketing
+channels: [email]
+exit_when: {field: tier, op: "=", value: closed}
+steps:
+  - {after: 0m, template: welcome-1}
+  - {after: 2d, channels: [push, sms], template: welcome-2,
+     unless: {field: purchases_count, op: ">", value: 0}}
+  - {after: 1d12h, template: welcome-3, only_if: {field: tier, op: "=", value: gold}}
+"""
+
+
+def test_an_expiry_reminder_file_parses_with_its_leads_most_distant_first():
+    spec = parse_campaign(EXPIRY, "expiry.yaml")
+    assert (spec.kind, spec.lead_days, spec.reminder_min_points) == (
+        "expiry_reminder",
+        [30, 7, 1],
+        50,
+    )
+    assert spec.messages() == {"points-expiry": ["email", "sms"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("lead_days: [7, 30, 1]", "lead_days: []"), "lead_days: name at least one lead time"),
+        (("lead_days: [7, 30, 1]", "lead_days: [7, 0]"), "lead_days: lead days are whole days"),
+        (("lead_days: [7, 30, 1]", "lead_days: [7, 7]"), "lead_days: a lead time is named twice"),
+        (("lead_days: [7, 30, 1]\n", ""), "a expiry_reminder campaign needs lead_days"),
+        (("min_points: 50", "min_points: 0"), "line 5, min_points: Input should be greater"),
+    ],
+)
+def test_expiry_reminder_mistakes_are_named(change, expected):
+    assert expected in _problem(EXPIRY.replace(*change))
+
+
+def test_a_welcome_sequence_parses_its_steps_and_their_channels():
+    spec = parse_campaign(WELCOME, "welcome.yaml")
+    steps = spec.steps or []
+    assert [step.after.total_seconds() for step in steps] == [0, 2 * 86400, 36 * 3600]
+    assert spec.messages() == {
+        "welcome-1": ["email"],
+        "welcome-2": ["push", "sms"],
+        "welcome-3": ["email"],
+    }
+    assert [loc for loc, _ in spec.rules()] == [
+        ("steps", 1, "unless"),
+        ("steps", 2, "only_if"),
+        ("exit_when",),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("after: 2d,", "after: 2 days,"), "line 8, steps[1].after: not a duration: '2 days'"),
+        (("after: 0m", "after: 400d"), "steps[0].after: a step comes at most 366d"),
+        (('op: ">"', 'op: "=>"'), 'line 9, steps[1].unless.op: unknown operator "=>"'),
+        (("field: tier, op", "field: hair, op"), "exit_when.field: unknown field"),
+        (("channels: [email]\n", ""), "needs channels (for the steps that name none)"),
+        (("template: welcome-1", "template: Welcome"), "steps[0].template: must be lower-case"),
+    ],
+)
+def test_welcome_sequence_mistakes_name_the_step(change, expected):
+    assert expected in _problem(WELCOME.replace(*change))
+
+
+def test_a_triggered_campaign_names_a_saved_segment():
+    text = GOOD.replace("kind: broadcast", "kind: triggered").replace(
+        'schedule: {at: "2026-12-01T10:00", timezone: Europe/Berlin}', "on: entered_segment vip"
+    )
+    spec = parse_campaign(text, "t.yaml")
+    assert (spec.trigger_segment, spec.snapshot_every.total_seconds()) == ("vip", 3600)
+    assert "line 10, on: write `on: entered_segment NAME`" in _problem(
+        text.replace("entered_segment vip", "left vip")
+    )
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ('{cron: "0 10 * * MON", timezone: member, spread: 2h}', None),
+        ('{cron: "0 10 * * XYZ"}', "schedule.cron: not a cron expression"),
+        ('{at: "2026-12-01T10:00", cron: "0 10 * * MON"}', "give either at"),
+        ('{at: "2026-12-01T10:00", until: "2027-01-01T00:00"}', "until ends a cron recurrence"),
+        ('{at: "2026-12-01T10:00", spread: 3d}', "spread must be more than 0 and at most 1d"),
+        ('{at: "2026-12-01T10:00", timezone: Mars/Base}', "unknown IANA time zone"),
+    ],
+)
+def test_schedules_are_checked(schedule, expected):
+    text = GOOD.replace('{at: "2026-12-01T10:00", timezone: Europe/Berlin}', schedule)
+    if expected is None:
+        spec = parse_campaign(text, "w.yaml")
+        assert spec.schedule is not None
+        assert spec.schedule.recurring
+    else:
+        assert expected in _problem(text)
 
 
 def _counts(sessions) -> tuple[int, int, int]:

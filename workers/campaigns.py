@@ -15,17 +15,32 @@ raises :class:`CampaignFileError`, whose message names the file, the line
 and the key of every problem (``campaign.yaml, line 7, segment.all[0].op:
 unknown operator "=>"``).
 
-This version runs ``kind: broadcast``, at an instant or at a member-local
-wall time (``timezone: member``); expiry reminders and welcome sequences are
-refused with a message saying so rather than accepted and never run.
+The four kinds, and the keys each one takes besides the common ones
+(``name``, ``kind``, ``category``, ``description``, ``segment``,
+``channels``, ``template``, ``on_ambiguous``, ``max_attempts``,
+``max_sms_segments``, ``quiet_hours``):
+
+- ``broadcast``: ``schedule`` (:class:`~workers.schedules.Schedule`: ``at``
+  an instant or member-local wall time, or ``cron``; optional ``spread``);
+  without one it goes out when created.
+- ``expiry_reminder``: ``lead_days`` (e.g. ``[30, 7, 1]``) and ``min_points``;
+  ``segment`` narrows who is reminded.
+- ``welcome_sequence``: ``steps`` (each ``after``, ``template``, optional
+  ``channels`` (default: the campaign's), ``only_if`` and ``unless`` rules),
+  ``exit_when`` (a rule: a member matching it leaves the sequence) and
+  ``restart`` (re-enrolling after the sequence ended starts it again; off by
+  default); ``segment`` decides who is enrolled.
+- ``triggered``: ``on: entered_segment NAME`` (a saved segment) and
+  ``check_every`` (how often the segment is snapshotted, default 1h).
+
+A key of another kind is refused, naming the kind it belongs to.
 """
 
 from __future__ import annotations
 
 import re
-import zoneinfo
-from collections.abc import Mapping
-from datetime import UTC, datetime, time
+from collections.abc import Iterator, Mapping
+from datetime import time, timedelta
 from typing import Any, Literal
 
 import yaml
@@ -42,7 +57,7 @@ from channels import CHANNEL_NAMES
 from segments import RuleError, parse_rule
 
 from .program import Program, QuietHours
-from .quiet_hours import resolve_wall
+from .schedules import Schedule, parse_duration
 from .yamlfile import Problem
 from .yamlfile import dotted as _dotted
 from .yamlfile import line_map as _line_map
@@ -50,16 +65,32 @@ from .yamlfile import loc_from_path as _loc_from_path
 from .yamlfile import nearest_line as _nearest_line
 
 __all__ = [
+    "KINDS",
     "CampaignFileError",
     "CampaignSpec",
     "Problem",
     "Schedule",
+    "Step",
     "parse_campaign",
 ]
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 #: Channels a campaign can send on.
 SENDABLE_CHANNELS = CHANNEL_NAMES
+#: The kinds of campaign.
+KINDS = ("broadcast", "expiry_reminder", "welcome_sequence", "triggered")
+#: The keys only one kind takes.
+_KIND_KEYS = {
+    "schedule": "broadcast",
+    "lead_days": "expiry_reminder",
+    "min_points": "expiry_reminder",
+    "steps": "welcome_sequence",
+    "exit_when": "welcome_sequence",
+    "restart": "welcome_sequence",
+    "on": "triggered",
+    "check_every": "triggered",
+}
+_ON = re.compile(r"^entered_segment\s+([a-z0-9][a-z0-9_-]{0,99})$")
 
 
 class CampaignFileError(ValueError):
@@ -72,72 +103,79 @@ class CampaignFileError(ValueError):
         super().__init__("\n".join(lines))
 
 
-#: The earliest time zone on Earth (UTC+14): a member-local schedule's run falls
-#: due when the wall time first arrives anywhere.
-EARLIEST_ZONE = "Pacific/Kiritimati"
+def _channel_names(value: list[str] | str) -> list[str] | str:
+    if value == "all":
+        return value
+    if not value:
+        raise ValueError("name at least one channel")
+    for name in value:
+        if name not in CHANNEL_NAMES:
+            raise ValueError(f"unknown channel {name!r}; choose from {', '.join(CHANNEL_NAMES)}")
+    if len(set(value)) != len(value):
+        raise ValueError("a channel is named twice")
+    return value
 
 
-class Schedule(BaseModel):
-    """When a broadcast goes out: an instant read in ``timezone``, or, with
-    ``timezone: member``, a wall time each member gets in their own zone."""
+def _slug(value: str) -> str:
+    if not SLUG.match(value):
+        raise ValueError("must be lower-case letters, digits, '-' or '_' (at most 100 characters)")
+    return value
+
+
+class Step(BaseModel):
+    """One message of a welcome sequence, ``after`` its enrollment."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    at: datetime
-    timezone: str = "UTC"
+    after: timedelta
+    template: str
+    channels: list[str] | Literal["all"] | None = None
+    """Preference order, or ``all``; without it, the campaign's channels."""
+    only_if: dict[str, Any] | None = None
+    """A rule the member must match when the step is due, or the step is skipped."""
+    unless: dict[str, Any] | None = None
+    """A rule that skips the step when the member matches it."""
 
-    @field_validator("timezone")
+    @field_validator("after", mode="before")
     @classmethod
-    def _zone(cls, value: str) -> str:
-        if value == "member":
-            return value
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
-        return value
+    def _after(cls, value: Any) -> timedelta:
+        after = parse_duration(value)
+        if after > timedelta(days=366):
+            raise ValueError("a step comes at most 366d after enrollment")
+        return after
 
-    @model_validator(mode="after")
-    def _member_wall_time(self) -> Schedule:
-        if self.member_local and self.at.tzinfo is not None:
-            raise ValueError(
-                "timezone: member takes a wall time without offset, e.g. 2026-12-01T10:00"
-            )
-        return self
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        return _slug(value)
 
-    @property
-    def member_local(self) -> bool:
-        """True for ``timezone: member``: each member at ``at`` in their own zone."""
-        return self.timezone == "member"
-
-    def due_at(self) -> datetime:
-        """When the run falls due, in UTC (for member-local: where the wall time comes first)."""
-        at = self.at
-        if self.member_local:
-            return resolve_wall(at.replace(tzinfo=None), zoneinfo.ZoneInfo(EARLIEST_ZONE))
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=zoneinfo.ZoneInfo(self.timezone))
-        return at.astimezone(UTC)
-
-    def member_instant(self, time_zone: str) -> datetime:
-        """The instant a member-local schedule names in ``time_zone`` (DST-safe)."""
-        return resolve_wall(self.at.replace(tzinfo=None), zoneinfo.ZoneInfo(time_zone))
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: list[str] | str | None) -> list[str] | str | None:
+        return None if value is None else _channel_names(value)
 
 
 class CampaignSpec(BaseModel):
-    """A validated campaign file."""
+    """A validated campaign file (see the module docstring for the kinds)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     name: str
-    kind: Literal["broadcast"]
+    kind: Literal["broadcast", "expiry_reminder", "welcome_sequence", "triggered"]
     category: Literal["marketing", "service", "transactional"]
     description: str | None = None
     segment: dict[str, Any] | str | None = None
     """A rule, or the name of a saved segment (resolved when the campaign is created)."""
-    channels: list[str] | Literal["all"]
-    template: str
+    channels: list[str] | Literal["all"] | None = None
+    template: str | None = None
     schedule: Schedule | None = None
+    lead_days: list[int] | None = None
+    min_points: int | None = Field(default=None, ge=1)
+    steps: list[Step] | None = None
+    exit_when: dict[str, Any] | None = None
+    restart: bool | None = None
+    on: str | None = None
+    check_every: timedelta | None = None
     on_ambiguous: Literal["skip", "resend"] = "skip"
     max_attempts: int = Field(default=5, ge=1, le=20)
     max_sms_segments: int = Field(default=6, ge=1, le=10)
@@ -164,47 +202,136 @@ class CampaignSpec(BaseModel):
             return None if window is None else quiet_window(window)
         return program.quiet_hours_for(channel)
 
-    @field_validator("kind", mode="before")
-    @classmethod
-    def _kind(cls, value: Any) -> Any:
-        if value in ("expiry_reminder", "welcome_sequence", "triggered"):
-            raise ValueError(f"kind {value!r} is not supported in this version; use broadcast")
-        return value
-
     @field_validator("name", "template")
     @classmethod
-    def _slug(cls, value: str) -> str:
-        if not SLUG.match(value):
-            raise ValueError(
-                "must be lower-case letters, digits, '-' or '_' (at most 100 characters)"
-            )
-        return value
+    def _slug(cls, value: str | None) -> str | None:
+        return None if value is None else _slug(value)
 
     @field_validator("channels")
     @classmethod
-    def _channels(cls, value: list[str] | str) -> list[str] | str:
-        if value == "all":
-            return value
+    def _channels(cls, value: list[str] | str | None) -> list[str] | str | None:
+        return None if value is None else _channel_names(value)
+
+    @field_validator("lead_days")
+    @classmethod
+    def _lead_days(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
         if not value:
-            raise ValueError("name at least one channel")
-        for name in value:
-            if name not in CHANNEL_NAMES:
-                raise ValueError(
-                    f"unknown channel {name!r}; choose from {', '.join(CHANNEL_NAMES)}"
-                )
+            raise ValueError("name at least one lead time, e.g. [30, 7, 1]")
+        if any(lead < 1 or lead > 366 for lead in value):
+            raise ValueError("lead days are whole days from 1 to 366 before the expiry date")
         if len(set(value)) != len(value):
-            raise ValueError("a channel is named twice")
-        return value
+            raise ValueError("a lead time is named twice")
+        return sorted(value, reverse=True)
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, value: str | None) -> str | None:
+        if value is not None and not _ON.match(value.strip()):
+            raise ValueError("write `on: entered_segment NAME`, NAME a saved segment")
+        return None if value is None else value.strip()
+
+    @field_validator("check_every", mode="before")
+    @classmethod
+    def _check_every(cls, value: Any) -> timedelta | None:
+        if value is None:
+            return None
+        every = parse_duration(value)
+        if every < timedelta(minutes=1):
+            raise ValueError("check_every must be at least 1m")
+        return every
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_of_kind(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("kind") not in KINDS:
+            return data
+        for key, kind in _KIND_KEYS.items():
+            if data.get(key) is not None and data["kind"] != kind:
+                raise ValueError(f"{key}: only a campaign of kind {kind} takes {key}")
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> CampaignSpec:
+        missing = []
+        if self.kind == "welcome_sequence":
+            if not self.steps:
+                missing.append("steps (at least one)")
+            elif self.channels is None and any(step.channels is None for step in self.steps):
+                missing.append("channels (for the steps that name none)")
+            if self.template is not None:
+                raise ValueError("template: a welcome sequence names a template per step")
+        else:
+            if self.channels is None:
+                missing.append("channels")
+            if self.template is None:
+                missing.append("template")
+        if self.kind == "expiry_reminder" and self.lead_days is None:
+            missing.append("lead_days")
+        if self.kind == "triggered" and self.on is None:
+            missing.append("on")
+        if missing:
+            raise ValueError(f"a {self.kind} campaign needs {', '.join(missing)}")
+        return self
+
+    # -- what the parts of loyalcast ask of a spec ---------------------------------
 
     @property
     def channel_list(self) -> list[str]:
-        """The channels in preference order (``all`` expanded)."""
-        return list(SENDABLE_CHANNELS) if self.channels == "all" else list(self.channels)
+        """The campaign's channels in preference order (``all`` expanded)."""
+        return _expand(self.channels or [])
 
     @property
     def sends_on_every_channel(self) -> bool:
         """True for ``channels: all``: one message per channel, the channel in the dedupe key."""
         return self.channels == "all"
+
+    def step_channels(self, step: Step) -> list[str]:
+        """A step's channels in preference order: its own, or the campaign's."""
+        return _expand(step.channels if step.channels is not None else self.channels or [])
+
+    def messages(self) -> dict[str, list[str]]:
+        """Every template this campaign renders, with the channels it renders it for."""
+        if self.steps:
+            found: dict[str, list[str]] = {}
+            for step in self.steps:
+                channels = found.setdefault(step.template, [])
+                channels.extend(c for c in self.step_channels(step) if c not in channels)
+            return found
+        return {self.template: self.channel_list} if self.template else {}
+
+    def rules(self) -> Iterator[tuple[tuple[str | int, ...], dict[str, Any]]]:
+        """Every rule in the file with its key path: segment, steps' conditions, exit_when."""
+        if isinstance(self.segment, dict):
+            yield ("segment",), self.segment
+        for i, step in enumerate(self.steps or []):
+            if step.only_if is not None:
+                yield ("steps", i, "only_if"), step.only_if
+            if step.unless is not None:
+                yield ("steps", i, "unless"), step.unless
+        if self.exit_when is not None:
+            yield ("exit_when",), self.exit_when
+
+    @property
+    def trigger_segment(self) -> str | None:
+        """The saved segment a ``triggered`` campaign watches (``on: entered_segment NAME``)."""
+        match = _ON.match(self.on) if self.on else None
+        return match.group(1) if match else None
+
+    @property
+    def snapshot_every(self) -> timedelta:
+        """How often a ``triggered`` campaign's segment is snapshotted."""
+        return self.check_every or timedelta(hours=1)
+
+    @property
+    def reminder_min_points(self) -> int:
+        """An expiry reminder's threshold: fewer points expiring on the date, no reminder."""
+        return self.min_points or 1
+
+
+def _expand(channels: list[str] | str) -> list[str]:
+    return list(SENDABLE_CHANNELS) if channels == "all" else list(channels)
 
 
 def quiet_window(window: dict[str, str]) -> QuietHours:
@@ -250,26 +377,30 @@ def parse_campaign(
         ) from None
     if not isinstance(data, dict):
         raise CampaignFileError(source, [Problem("(file)", "must be a mapping of keys", 1)])
+    if True in data:  # YAML 1.1 reads a bare `on:` key as the boolean true
+        data["on"] = data.pop(True)
     problems: list[Problem] = []
     try:
         spec = CampaignSpec.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            path = _dotted(error["loc"])
+            loc = tuple(error["loc"])
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(Problem(path, message, _nearest_line(lines, error["loc"])))
+            key, _, rest = message.partition(": ")
+            if not loc and key in data and rest:  # a model check naming its key
+                loc, message = (key,), rest
+            problems.append(Problem(_dotted(loc), message, _nearest_line(lines, loc)))
         raise CampaignFileError(source, problems) from None
-    if isinstance(spec.segment, str):
-        if not SLUG.match(spec.segment):
-            line = _nearest_line(lines, ("segment",))
-            raise CampaignFileError(
-                source, [Problem("segment", "not a saved segment's name", line)]
-            )
-    elif spec.segment is not None:
+    if isinstance(spec.segment, str) and not SLUG.match(spec.segment):
+        line = _nearest_line(lines, ("segment",))
+        raise CampaignFileError(source, [Problem("segment", "not a saved segment's name", line)])
+    for loc, rule in spec.rules():
+        where = _dotted(loc)
         try:
-            parse_rule(spec.segment, "segment", attributes=attributes)
+            parse_rule(rule, where, attributes=attributes)
         except RuleError as exc:
-            loc = _loc_from_path(exc.path)
-            problems.append(Problem(exc.path, exc.problem, _nearest_line(lines, loc)))
-            raise CampaignFileError(source, problems) from None
+            at = _loc_from_path(exc.path)
+            problems.append(Problem(exc.path, exc.problem, _nearest_line(lines, at)))
+    if problems:
+        raise CampaignFileError(source, problems)
     return spec

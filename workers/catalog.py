@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,17 @@ from store import (
 from templates import Renderer, TemplateError, load_templates
 
 from .campaigns import CampaignFileError, CampaignSpec, Problem, parse_campaign
-from .context import member_context
+from .context import member_context, sample_extras
 from .program import Program
 from .runtime import LoadedVersion
 
-__all__ = ["CampaignStatusReport", "CreatedCampaign", "campaign_status", "create_campaign"]
+__all__ = [
+    "CampaignStatusReport",
+    "CreatedCampaign",
+    "campaign_status",
+    "create_campaign",
+    "load_campaign_templates",
+]
 
 SAMPLE_MEMBERS = 20
 
@@ -66,7 +72,7 @@ def _synthetic_members(attributes: dict[str, Any]) -> list[Member]:
     are the program's own schema, while the empty member checks that a
     template copes with the optional fields real members leave blank.
     """
-    now = datetime.now(UTC)
+    now = utcnow()
     full = Member(
         id=0,
         external_id="sample-full",
@@ -98,27 +104,48 @@ def _synthetic_members(attributes: dict[str, Any]) -> list[Member]:
     return [full, empty]
 
 
+def load_campaign_templates(
+    spec: CampaignSpec, search_path: Sequence[Path], source: str
+) -> dict[str, dict[str, dict[str, str]]]:
+    """The sources of every template ``spec`` renders: ``{name: {channel: {part: source}}}``.
+
+    Raises:
+        CampaignFileError: a template or one of its parts is missing or unreadable.
+    """
+    templates: dict[str, dict[str, dict[str, str]]] = {}
+    for name, channels in spec.messages().items():
+        try:
+            templates[name] = load_templates(name, channels, search_path)
+        except TemplateError as exc:
+            raise CampaignFileError(source, [Problem("template", str(exc))]) from None
+    return templates
+
+
 def _check_templates(
     spec: CampaignSpec,
-    templates: dict[str, dict[str, str]],
+    templates: dict[str, dict[str, dict[str, str]]],
     samples: Sequence[Member],
     source: str,
 ) -> None:
     renderer = Renderer(cache_size=64)
     problems: list[Problem] = []
-    try:
-        renderer.check(spec.template, templates)
-    except TemplateError as exc:
-        raise CampaignFileError(source, [Problem(f"template {exc.template}", _at(exc))]) from None
+    for name, sources in templates.items():
+        try:
+            renderer.check(name, sources)
+        except TemplateError as exc:
+            problem = Problem(f"template {exc.template}", _at(exc))
+            raise CampaignFileError(source, [problem]) from None
     stub = LoadedVersion(0, 0, spec.name, 0, spec, templates)
     for member in samples:
-        context = member_context(member, stub, "UTC")
-        for channel in spec.channel_list:
-            try:
-                renderer.render("check", spec.template, templates, channel, context)
-            except TemplateError as exc:
-                who = member.external_id
-                problems.append(Problem(f"template {exc.template}", f"{_at(exc)} (member {who})"))
+        for name, channels in spec.messages().items():
+            context = {**member_context(member, stub, "UTC"), **sample_extras(spec, name)}
+            for channel in channels:
+                try:
+                    renderer.render(("check", name), name, templates[name], channel, context)
+                except TemplateError as exc:
+                    who = member.external_id
+                    where = f"template {exc.template}"
+                    problems.append(Problem(where, f"{_at(exc)} (member {who})"))
         if problems:
             break
     if problems:
@@ -149,11 +176,7 @@ def create_campaign(
     spec = parse_campaign(
         text, source, attributes=program.attributes if program is not None else None
     )
-    search = [*template_path, path.parent / "templates"]
-    try:
-        templates = load_templates(spec.template, spec.channel_list, search)
-    except TemplateError as exc:
-        raise CampaignFileError(source, [Problem("template", str(exc))]) from None
+    templates = load_campaign_templates(spec, [*template_path, path.parent / "templates"], source)
 
     attributes = program.attributes if program is not None else None
     if isinstance(spec.segment, str):
@@ -185,8 +208,11 @@ def create_campaign(
 
     digest = hashlib.sha256(text.encode()).hexdigest()
     spec_json = spec.model_dump(mode="json")
-    due_at = spec.schedule.due_at() if spec.schedule else utcnow()
-    occurrence = due_at.isoformat() if spec.schedule else "once"
+    # A one-off broadcast gets its run now; the other kinds get theirs from the
+    # scheduler's tick (each occurrence, day, snapshot or enrollment as it comes).
+    one_off = spec.kind == "broadcast" and (spec.schedule is None or not spec.schedule.recurring)
+    due_at = (spec.schedule.due_at() if spec.schedule else utcnow()) if one_off else None
+    occurrence = (due_at.isoformat() if spec.schedule else "once") if due_at else None
     with sessions.begin() as session:
         campaign = session.scalar(
             select(Campaign).where(Campaign.name == spec.name).with_for_update()
@@ -227,18 +253,24 @@ def create_campaign(
         )
         session.add(version)
         session.flush()
-        # A still-scheduled run at another instant belongs to the old schedule.
-        session.execute(
-            update(CampaignRun)
-            .where(
-                CampaignRun.campaign_id == campaign.id,
-                CampaignRun.status == RunStatus.SCHEDULED,
-                CampaignRun.occurrence != occurrence,
-            )
-            .values(status=RunStatus.CANCELLED)
+        # Runs not yet started take the new version; a one-off run at another
+        # instant belongs to the old schedule and is cancelled.
+        scheduled = (CampaignRun.campaign_id == campaign.id) & (
+            CampaignRun.status == RunStatus.SCHEDULED
         )
+        if occurrence is not None:
+            session.execute(
+                update(CampaignRun)
+                .where(scheduled, CampaignRun.occurrence != occurrence)
+                .values(status=RunStatus.CANCELLED)
+            )
+        session.execute(update(CampaignRun).where(scheduled).values(campaign_version_id=version.id))
+        if occurrence is None:
+            return CreatedCampaign(
+                campaign.id, campaign.name, campaign.current_version, True, None, None
+            )
         dialect = session.get_bind().dialect.name
-        run_id = session.scalar(
+        session.execute(
             insert_ignore(
                 dialect,
                 CampaignRun,
@@ -255,7 +287,12 @@ def create_campaign(
                     }
                 ],
                 ["campaign_id", "occurrence"],
-            ).returning(CampaignRun.id)
+            )
+        )
+        run_id = session.scalar(
+            select(CampaignRun.id).where(
+                CampaignRun.campaign_id == campaign.id, CampaignRun.occurrence == occurrence
+            )
         )
         return CreatedCampaign(
             campaign.id, campaign.name, campaign.current_version, True, run_id, due_at

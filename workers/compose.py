@@ -24,7 +24,7 @@ from channels import Message
 from store import CampaignStatus, Consent, Delivery, DeliveryStatus, Member, PushToken
 from templates import TemplateError
 
-from .context import member_context
+from .context import member_context, trigger_context
 from .policy import Skip, route
 from .quiet_hours import describe, next_opening
 from .runtime import Runtime
@@ -99,13 +99,21 @@ def compose(
         "max_sms_segments": version.spec.max_sms_segments,
         **decision.metadata,
     }
-    context = member_context(member, version, program.default_time_zone)
+    context = {
+        **member_context(member, version, program.default_time_zone),
+        **trigger_context(version.spec, row.payload),
+    }
     if decision.channel == "email" and rt.settings.public_url:
         link = unsubscribe_url(rt.settings.public_url, rt.signing_key, member.id, decision.channel)
         metadata["unsubscribe_url"] = context["unsubscribe_url"] = link
     try:
+        template = version.template_for(row.payload)
         parts = rt.renderer.render(
-            version.id, version.spec.template, version.templates, decision.channel, context
+            (version.id, template),
+            template,
+            version.templates[template],
+            decision.channel,
+            context,
         )
     except TemplateError as exc:
         return Closed(row.id, DeliveryStatus.FAILED, "render_error", str(exc))

@@ -6,7 +6,8 @@ The steps, for the rows a job names (DESIGN.md §3, §4, §8):
    died or hung mid-send: they become ``unknown`` (or ``pending`` again when
    the campaign says ``on_ambiguous: resend``). They are never sent twice.
 2. Open rows (``pending``, or ``deferred`` whose time has come) are loaded with
-   their members, consents and push tokens in bulk. Policy picks each row's
+   their members, consents and push tokens in bulk. A row whose trigger no
+   longer holds ends here (:mod:`workers.rechecks`). Policy picks each row's
    channel or records why not (``suppressed``); a template error fails that
    row alone (``failed``, reason ``render_error``).
 3. Per channel, rows are claimed in chunks of the channel's ``max_batch``
@@ -60,6 +61,7 @@ from .ledger import (
     write_deferred,
 )
 from .outcomes import record_outcomes
+from .rechecks import recheck
 from .runtime import Runtime
 
 __all__ = ["DeliverResult", "deliver_batch"]
@@ -106,12 +108,17 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
             ).all()
         )
 
+    # Versions load through a session of their own: never inside a transaction
+    # (on SQLite a second connection would wait for this one's write lock).
+    for version_id in {row.campaign_version_id for row in rows}:
+        rt.version(version_id)
+    ended = recheck(rt, rows, members, consents, now)
     closed: list[dict[str, Any]] = []
     deferred: list[dict[str, Any]] = []
     sendable: dict[str, list[Message]] = defaultdict(list)
     for row in rows:
         member = members.get(row.member_id)
-        outcome = compose(
+        outcome = ended.get(row.id) or compose(
             rt,
             row,
             member,

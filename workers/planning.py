@@ -84,6 +84,8 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
 
     version = rt.version(version_id)
     spec = version.spec
+    # Kinds whose audience is not a segment read in id order plan in their own
+    # module, which builds on this one (hence the imports here).
     rule = (
         parse_rule(spec.segment, "segment", attributes=rt.program.attributes)
         if spec.segment is not None

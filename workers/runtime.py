@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dramatiq
 import redis
@@ -129,7 +131,17 @@ class LoadedVersion:
     campaign_name: str
     version: int
     spec: CampaignSpec
-    templates: dict[str, dict[str, str]]
+    templates: dict[str, dict[str, dict[str, str]]]
+    """``{template name: {channel: {part: source}}}``: every template the campaign renders."""
+
+    def template_for(self, payload: Mapping[str, Any] | None) -> str:
+        """The template a delivery renders: its sequence step's, or the campaign's."""
+        step = payload.get("step") if payload else None
+        if step is not None and self.spec.steps:
+            return self.spec.steps[int(step)].template
+        if self.spec.template is None:
+            raise LookupError(f"campaign {self.campaign_name} has no template for {payload!r}")
+        return self.spec.template
 
 
 class Runtime:

@@ -6,7 +6,8 @@ and reachability, renders, and sends through the live channel (or the
 outbox). It is outside frequency caps and quiet hours, writes nothing to the
 ledger and does not count towards caps; the message is marked: ``[TEST]``
 before the SMS text, email subject and push title, and ``test`` in its
-metadata (the outbox line says so).
+metadata (the outbox line says so). For a welcome sequence, ``step`` picks
+the step (0 for the first).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from sqlalchemy import select
 
 from channels import Message, Outcome
 from store import Consent, Member, PushToken
-from templates import TemplateError, load_templates
+from templates import TemplateError
 
 from .campaigns import CampaignFileError, Problem, parse_campaign
-from .context import member_context
+from .catalog import load_campaign_templates
+from .context import member_context, sample_extras
 from .policy import Skip, route
 from .runtime import LoadedVersion, Runtime
 from .unsubscribe import unsubscribe_url
@@ -39,7 +41,12 @@ class TrialRefused(ValueError):
 
 
 def send_trial(
-    rt: Runtime, path: Path, member: str, *, template_path: Sequence[Path] = ()
+    rt: Runtime,
+    path: Path,
+    member: str,
+    *,
+    template_path: Sequence[Path] = (),
+    step: int = 0,
 ) -> tuple[Message, Outcome]:
     """Render ``path``'s campaign for ``member`` (external id) and send it; return what happened.
 
@@ -52,12 +59,14 @@ def send_trial(
     spec = parse_campaign(
         path.read_text(encoding="utf-8"), source, attributes=rt.program.attributes
     )
-    try:
-        templates = load_templates(
-            spec.template, spec.channel_list, [*template_path, path.parent / "templates"]
+    templates = load_campaign_templates(spec, [*template_path, path.parent / "templates"], source)
+    payload = {"step": step} if spec.steps else None
+    if spec.steps and not 0 <= step < len(spec.steps):
+        raise CampaignFileError(
+            source, [Problem("steps", f"no step {step + 1}: the sequence has {len(spec.steps)}")]
         )
-    except TemplateError as exc:
-        raise CampaignFileError(source, [Problem("template", str(exc))]) from None
+    template = LoadedVersion(0, 0, spec.name, 0, spec, templates).template_for(payload)
+    channels = spec.step_channels(spec.steps[step]) if spec.steps else spec.channel_list
     with rt.sessions() as session:
         found = session.scalar(select(Member).where(Member.external_id == member))
         if found is None:
@@ -72,19 +81,22 @@ def send_trial(
             )
         )
         session.expunge_all()
-    decision = route(found, consents, tokens, spec.channel_list, spec.category)
+    decision = route(found, consents, tokens, channels, spec.category)
     if isinstance(decision, Skip):
         raise TrialRefused(f"{member} cannot receive {spec.name}: {decision.detail}")
     version = LoadedVersion(0, 0, spec.name, 0, spec, templates)
     zone = found.time_zone or rt.program.default_time_zone
-    context = member_context(found, version, rt.program.default_time_zone)
+    context = {
+        **member_context(found, version, rt.program.default_time_zone),
+        **sample_extras(spec, template),
+    }
     metadata = {"test": True, "time_zone": zone, **decision.metadata}
     if decision.channel == "email" and rt.settings.public_url:
         link = unsubscribe_url(rt.settings.public_url, rt.signing_key, found.id, "email")
         metadata["unsubscribe_url"] = context["unsubscribe_url"] = link
     try:
         parts = rt.renderer.render(
-            f"test:{uuid.uuid4()}", spec.template, templates, decision.channel, context
+            f"test:{uuid.uuid4()}", template, templates[template], decision.channel, context
         )
     except TemplateError as exc:
         raise CampaignFileError(source, [Problem(f"template {exc.template}", str(exc))]) from None
