@@ -1,17 +1,22 @@
-"""Realistic demo members: names, tiers, balances, time zones, consents, devices, point lots."""
+"""Realistic members: names, tiers, balances, time zones, consents, devices, point lots.
+
+Used by ``loyalcast demo``, by the simulated-month test and by the benchmarks
+(``bench/``), so all three run on the same kind of program.
+"""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, func, insert, select, text
 
-from store import Consent, ConsentEvent, Member, PointLot, PushToken
+from store import Consent, ConsentEvent, Member, PointLot, PushToken, utcnow
 
 __all__ = ["seed_members"]
 
@@ -114,69 +119,138 @@ def _member(rng: random.Random, i: int, now: datetime) -> dict[str, Any]:
 
 
 def seed_members(
-    engine: Engine, count: int, *, seed: int = 7, progress: Callable[[int], None] | None = None
-) -> None:
-    """Insert ``count`` members with consents, push tokens and point lots."""
+    engine: Engine,
+    count: int,
+    *,
+    seed: int = 7,
+    now: datetime | None = None,
+    lots: tuple[int, int] = (3, 5),
+    progress: Callable[[int], None] | None = None,
+) -> range:
+    """Insert ``count`` members with consents, push tokens and point lots; return their ids.
+
+    The spreads are a real program's: tiers (45% basic ... 7% platinum),
+    log-normal balances, ten time zones and locales around the world, about
+    10% without a phone and 5% without an email, consents per channel with
+    some opt-outs, 40% with an app (push token), and ``lots`` (inclusive
+    range) point lots each, earned over the last year and expiring a year
+    after, so their deadlines spread over the next year. Deterministic for a
+    ``seed``. Ids follow the members already stored.
+
+    On PostgreSQL rows go in with ``COPY`` (a million members in minutes, not
+    hours); elsewhere with multi-row INSERTs.
+    """
     rng = random.Random(seed)
-    now = datetime.now(UTC)
-    for start in range(1, count + 1, CHUNK):
-        members, consents, events, tokens, lots = [], [], [], [], []
-        for i in range(start, min(start + CHUNK, count + 1)):
-            member = _member(rng, i, now)
-            members.append(member)
-            for channel, p_in, p_out in (
-                ("email", 0.8, 0.05),
-                ("sms", 0.55, 0.08),
-                ("push", 0.6, 0.02),
-            ):
-                roll = rng.random()
-                status = "opted_in" if roll < p_in else "opted_out" if roll < p_in + p_out else None
-                if status:
-                    consents.append(
-                        {
-                            "member_id": i,
-                            "channel": channel,
-                            "status": status,
-                            "source": "signup",
-                            "updated_at": member["enrolled_at"],
-                        }
-                    )
-                    events.append(
-                        {
-                            "member_id": i,
-                            "channel": channel,
-                            "status": status,
-                            "source": "signup",
-                            "occurred_at": member["enrolled_at"],
-                        }
-                    )
-            if rng.random() < 0.4:
-                tokens.append(
-                    {
-                        "member_id": i,
-                        "kind": "fcm",
-                        "created_at": now,
-                        "token": f"fcm-demo-{i}-{rng.getrandbits(64):016x}",
-                    }
-                )
-            for _ in range(rng.randint(1, 4)):
-                earned = now - timedelta(days=rng.randint(0, 330))
-                lots.append(
-                    {
-                        "member_id": i,
-                        "points": rng.randint(20, 400),
-                        "redeemed": 0,
-                        "earned_at": earned,
-                        "expires_at": earned + timedelta(days=365),
-                    }
-                )
-        with engine.begin() as conn:
-            conn.execute(insert(Member), members)
-            if consents:
-                conn.execute(insert(Consent), consents)
-                conn.execute(insert(ConsentEvent), events)
-            if tokens:
-                conn.execute(insert(PushToken), tokens)
-            conn.execute(insert(PointLot), lots)
+    now = now or utcnow()
+    with engine.connect() as conn:
+        first = int(conn.scalar(select(func.coalesce(func.max(Member.id), 0))) or 0) + 1
+    copy = engine.dialect.name == "postgresql"
+    for start in range(first, first + count, CHUNK):
+        rows: dict[str, list[dict[str, Any]]] = {t: [] for t in _TABLES}
+        for i in range(start, min(start + CHUNK, first + count)):
+            _add_member(rows, rng, i, now, lots)
+        if copy:
+            _copy(engine, rows)
+        else:
+            with engine.begin() as conn:
+                for table, table_rows in rows.items():
+                    if table_rows:
+                        conn.execute(insert(_TABLES[table]), table_rows)
         if progress:
-            progress(min(start + CHUNK - 1, count))
+            progress(min(start + CHUNK, first + count) - first)
+    if copy:  # explicit ids leave the sequence behind
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "SELECT setval(pg_get_serial_sequence('members', 'id'), "
+                    "(SELECT max(id) FROM members))"
+                )
+            )
+    return range(first, first + count)
+
+
+_TABLES: dict[str, Any] = {
+    "members": Member,
+    "consents": Consent,
+    "consent_events": ConsentEvent,
+    "push_tokens": PushToken,
+    "point_lots": PointLot,
+}
+
+
+def _add_member(
+    rows: dict[str, list[dict[str, Any]]],
+    rng: random.Random,
+    i: int,
+    now: datetime,
+    lots: tuple[int, int],
+) -> None:
+    member = _member(rng, i, now)
+    rows["members"].append(member)
+    for channel, p_in, p_out in (
+        ("email", 0.8, 0.05),
+        ("sms", 0.55, 0.08),
+        ("push", 0.6, 0.02),
+    ):
+        roll = rng.random()
+        status = "opted_in" if roll < p_in else "opted_out" if roll < p_in + p_out else None
+        if status:
+            common = {"member_id": i, "channel": channel, "status": status, "source": "signup"}
+            rows["consents"].append({**common, "updated_at": member["enrolled_at"]})
+            rows["consent_events"].append({**common, "occurred_at": member["enrolled_at"]})
+    if rng.random() < 0.4:
+        rows["push_tokens"].append(
+            {
+                "member_id": i,
+                "kind": "fcm",
+                "created_at": now,
+                "token": f"fcm-demo-{i}-{rng.getrandbits(64):016x}",
+            }
+        )
+    for _ in range(rng.randint(*lots)):
+        earned = now - timedelta(days=rng.randint(0, 364), minutes=rng.randint(0, 1439))
+        rows["point_lots"].append(
+            {
+                "member_id": i,
+                "points": rng.randint(20, 400),
+                "redeemed": 0,
+                "earned_at": earned,
+                "expires_at": earned + timedelta(days=365),
+            }
+        )
+
+
+def _copy(engine: Engine, rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Write one chunk with PostgreSQL's COPY (text format), in one transaction."""
+    raw = engine.raw_connection()
+    try:
+        with raw.cursor() as cursor:  # type: ignore[attr-defined]
+            for table, table_rows in rows.items():
+                if not table_rows:
+                    continue
+                columns = list(table_rows[0])
+                lines = "".join(
+                    "\t".join(_copy_text(row[c]) for c in columns) + "\n" for row in table_rows
+                )
+                with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                    copy.write(lines.encode())
+        raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
+    finally:
+        raw.close()
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    """One value in COPY's text format."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, dict):
+        value = json.dumps(value)
+    elif isinstance(value, datetime):
+        return value.isoformat()
+    return str(value).translate(_ESCAPES)
