@@ -1,0 +1,164 @@
+"""The benchmark framework still runs, and its figures count the right things.
+
+The smallest path through ``python -m bench`` (a fresh seeded database,
+segment evaluation, the raw HTTP baseline against the provider fakes) at 200
+members. Nothing here looks at timing: the counts are checked against the
+segment rules' Python reference evaluator and against the consent rules,
+and every rate must merely be a positive number.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bench.cli import main
+from bench.environment import database_on
+from bench.meters import Intake, check_intake
+from bench.scenarios.broadcast import KINDS, throughput_series
+from bench.scenarios.segment_eval import RULES
+from segments import evaluate_rule, parse_rule
+from store import Consent, Member, PointLot, PushToken, make_engine, set_clock
+from workers.policy import valid_email, valid_phone
+
+from .conftest import PG_ADMIN_URL, REDIS_TEST_URL, require_postgres, require_redis
+
+pytestmark = [pytest.mark.usefixtures("provider_specs"), pytest.mark.postgres, pytest.mark.redis]
+
+MEMBERS = 200
+
+
+def _members(url: str) -> list[dict[str, Any]]:
+    """Every member as the reference evaluator takes it: columns, consents, tokens, lots."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            members = {
+                row.id: {**row._asdict(), "consents": {}, "push_tokens": [], "lots": []}
+                for row in conn.execute(select(*Member.__table__.columns))
+            }
+            for c in conn.execute(select(Consent.member_id, Consent.channel, Consent.status)):
+                members[c.member_id]["consents"][c.channel] = c.status
+            for t in conn.execute(select(PushToken.member_id, PushToken.revoked_at)):
+                members[t.member_id]["push_tokens"].append({"revoked_at": t.revoked_at})
+            for lot in conn.execute(
+                select(PointLot.member_id, PointLot.points, PointLot.redeemed, PointLot.expires_at)
+            ):
+                members[lot.member_id]["lots"].append(lot._asdict())
+    finally:
+        engine.dispose()
+    return list(members.values())
+
+
+def _sendable(member: dict[str, Any], channels: list[str]) -> bool:
+    """Marketing consent rule: an opt-in on a channel the member is reachable on."""
+    for channel in channels:
+        if member["consents"].get(channel) != "opted_in":
+            continue
+        if channel == "email" and member["email"] and valid_email(member["email"]):
+            return True
+        if channel == "sms" and member["phone"] and valid_phone(member["phone"]):
+            return True
+    return False
+
+
+def _figures(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    return {row["label"]: {f["name"]: f["value"] for f in row["figures"]} for row in result["rows"]}
+
+
+def test_segments_and_the_raw_baseline_report_the_counts_the_rules_and_consents_give(
+    tmp_path: Path,
+) -> None:
+    """At 200 members every rule's count and every raw request count equals the reference."""
+    require_postgres()
+    require_redis()
+    # Given a fixed clock, so relative rules resolve identically here and in the bench
+    now = datetime.now(UTC).replace(microsecond=0)
+    previous = set_clock(lambda: now)
+    out = tmp_path / "results.json"
+    database = None
+    try:
+        # When the bench runs segment evaluation and the raw HTTP baseline at 200 members
+        code = main(
+            [
+                "segments",
+                "raw",
+                "--members",
+                str(MEMBERS),
+                "--baseline-limit",
+                str(MEMBERS),
+                "--repeat",
+                "1",
+                "--database-url",
+                PG_ADMIN_URL,
+                "--redis-url",
+                REDIS_TEST_URL,
+                "--json",
+                str(out),
+                "--keep",
+            ]
+        )
+        data = json.loads(out.read_text())
+        database = data["parameters"]["database"]
+        assert code == 0
+        members = _members(database_on(PG_ADMIN_URL, database))
+        assert len(members) == MEMBERS
+        results = {r["scenario"]: r for r in data["results"]}
+
+        # Then each rule's count is what the reference evaluator says, and was timed
+        segments = _figures(results["segments"])
+        for name, rule in RULES.items():
+            parsed = parse_rule(rule, "segment")
+            expected = sum(evaluate_rule(parsed, m, now=now) for m in members)
+            assert segments[name]["members"] == expected, name
+            assert segments[name]["count median"] > 0
+            assert segments[name]["stream ids/s"] > 0
+        assert len({s["members"] for s in segments.values()}) > 1  # the rules differ
+
+        # And the raw loop sent one request per member the consent rules allow
+        raw = _figures(results["raw"])
+        for kind, channels in KINDS.items():
+            expected = sum(_sendable(m, channels) for m in members)
+            assert raw[f"raw {kind}"]["requests"] == expected, kind
+            assert 0 < expected < MEMBERS
+            assert raw[f"raw {kind}"]["msgs/s"] > 0
+        assert data["machine"]["logical_cpus"] >= 1
+    finally:
+        set_clock(previous)
+        if database is not None:
+            admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            admin.dispose()
+
+
+def test_throughput_series_bins_messages_per_second_from_the_start() -> None:
+    """Cumulative counts become per-second rates, empty seconds included."""
+    timeline = [(100.2, 0), (100.7, 5), (101.4, 9), (103.1, 10)]
+    assert throughput_series(timeline, start=100.0) == [
+        (1.0, 5.0),
+        (2.0, 4.0),
+        (3.0, 0.0),
+        (4.0, 1.0),
+    ]
+
+
+def test_check_intake_refuses_a_recipient_served_twice_even_when_the_total_matches() -> None:
+    """A repeat and a miss that cancel out in the count are still caught."""
+    expected = Counter({"twilio:+15550001": 1, "twilio:+15550002": 1})
+    intake = Intake(messages=2, recipients=Counter({"twilio:+15550001": 2}))
+    with pytest.raises(AssertionError, match="repeated"):
+        check_intake("ours sms", intake, expected)
+    check_intake("ours sms", Intake(messages=2, recipients=Counter(expected)), expected)
+
+
+def test_members_sharing_a_phone_each_count_once() -> None:
+    """Two members with one number are two expected messages, not a duplicate."""
+    shared = Counter({"twilio:+15550001": 2})
+    check_intake("ours sms", Intake(messages=2, recipients=Counter(shared)), Counter(shared))
