@@ -4,12 +4,13 @@
     python -m bench segments expiry --members 100000 --repeat 5
     python -m bench broadcast --members 20000 --channels email,sms --keep
     python -m bench plot bench/results/run-20260101T120000Z.json
+    python -m bench table bench/results/run-20260101T120000Z.json
 
 Every invocation prints one table per scenario and writes all of them, with
 the machine and the parameters, to ``--json`` (default
 ``bench/results/run-<UTC time>.json``). ``plot`` draws the throughput-over-
 time series of a results file into a PNG (needs the ``bench`` extra:
-``pip install -e '.[bench]'``).
+``pip install -e '.[bench]'``); ``table`` prints its figures as Markdown.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .environment import BENCH_DIR, BenchEnv, BenchOptions
-from .report import ScenarioResult, print_result, write_json
+from .report import ScenarioResult, markdown, print_result, write_json
 from .scenarios import broadcast, expiry_scan, raw, segment_eval, tick
 
 __all__ = ["SCENARIOS", "main"]
@@ -70,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
         "scenarios",
         nargs="+",
         metavar="SCENARIO",
-        help=f"all, or any of: {', '.join(SCENARIOS)}; or 'plot RESULTS.json'",
+        help=f"all, or any of: {', '.join(SCENARIOS)}; or plot/table RESULTS.json",
     )
     p.add_argument("--members", type=_positive, default=1_000_000, help="members to seed")
     p.add_argument(
@@ -120,6 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:  # a log file: wide enough for the tables
         console = Console(width=160)
+    if args.scenarios[0] == "table":
+        import json
+
+        if len(args.scenarios) != 2:
+            console.print("usage: python -m bench table RESULTS.json")
+            return 2
+        print(markdown(json.loads(Path(args.scenarios[1]).read_text(encoding="utf-8"))))
+        return 0
     if args.scenarios[0] == "plot":
         from .plot import plot_file
 

@@ -26,6 +26,7 @@ __all__ = [
     "Ratio",
     "Row",
     "ScenarioResult",
+    "markdown",
     "median",
     "print_result",
     "write_json",
@@ -170,3 +171,30 @@ def write_json(
         "results": [r.to_json() for r in results],
     }
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """A results file (as written by :func:`write_json`) as Markdown tables, for the README."""
+    lines: list[str] = []
+    for result in data["results"]:
+        names: list[str] = []
+        units: dict[str, str] = {}
+        for row in result["rows"]:
+            for f in row["figures"]:
+                if f["name"] not in names:
+                    names.append(f["name"])
+                    units[f["name"]] = f["unit"]
+        header = [n if units[n] == "count" else f"{n} ({units[n]})" for n in names]
+        lines += [f"**{result['scenario']}**: {result['title']}", ""]
+        lines.append("| | " + " | ".join(header) + " |")
+        lines.append("| --- |" + " ---: |" * len(names))
+        for row in result["rows"]:
+            cells = {f["name"]: _format(f["value"], f["unit"]) for f in row["figures"]}
+            lines.append(
+                f"| {row['label']} | " + " | ".join(cells.get(n, "") for n in names) + " |"
+            )
+        for ratio in result["ratios"]:
+            target = f" (target {ratio['target']:g}x)" if ratio["target"] is not None else ""
+            lines.append(f"\n- {ratio['label']}: **{ratio['value']:.2f}x**{target}")
+        lines += ["", *(f"- {note}" for note in result["notes"]), ""]
+    return "\n".join(lines)
