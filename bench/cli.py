@@ -171,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed_seconds": env.seed_seconds,
             "members_stored": env.members,
             "database": env.database_name,
+            "work_dir": str(env.work_dir),
         }
         try:
             for name in names:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -126,7 +127,7 @@ class BenchEnv:
         try:
             self._setup()
         except BaseException:
-            self.close()
+            self.close(failed=True)
             raise
         return self
 
@@ -136,7 +137,7 @@ class BenchEnv:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(failed=exc is not None)
 
     def _setup(self) -> None:
         if not self.options.reuse:
@@ -170,8 +171,16 @@ class BenchEnv:
             f" in {self.seed_seconds:.1f} s ({self.members / self.seed_seconds:,.0f} members/s)"
         )
 
-    def close(self) -> None:
-        """Drop the database (unless kept or reused) and the Redis keys; safe to call twice."""
+    def close(self, *, failed: bool = False) -> None:
+        """Drop the database (unless kept or reused) and the Redis keys; safe to call twice.
+
+        The work folder (campaign files, worker logs) is removed too, unless the
+        run failed or ``--keep`` was given: then its path is printed.
+        """
+        if failed or self.options.keep:
+            self.console.print(f"worker logs and campaign files: {self.work_dir}")
+        else:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None

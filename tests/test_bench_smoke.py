@@ -10,6 +10,7 @@ and every rate must merely be a positive number.
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_segments_and_the_raw_baseline_report_the_counts_the_rules_and_consents_
     now = datetime.now(UTC).replace(microsecond=0)
     previous = set_clock(lambda: now)
     out = tmp_path / "results.json"
-    database = None
+    database = work_dir = None
     try:
         # When the bench runs segment evaluation and the raw HTTP baseline at 200 members
         code = main(
@@ -105,7 +106,7 @@ def test_segments_and_the_raw_baseline_report_the_counts_the_rules_and_consents_
             ]
         )
         data = json.loads(out.read_text())
-        database = data["parameters"]["database"]
+        database, work_dir = data["parameters"]["database"], data["parameters"]["work_dir"]
         assert code == 0
         members = _members(database_on(PG_ADMIN_URL, database))
         assert len(members) == MEMBERS
@@ -131,6 +132,8 @@ def test_segments_and_the_raw_baseline_report_the_counts_the_rules_and_consents_
         assert data["machine"]["logical_cpus"] >= 1
     finally:
         set_clock(previous)
+        if work_dir is not None:  # --keep kept the worker logs too
+            shutil.rmtree(work_dir, ignore_errors=True)
         if database is not None:
             admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:
