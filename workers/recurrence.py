@@ -37,11 +37,13 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import re
 import zoneinfo
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 
 import structlog
 from apscheduler.triggers.cron import CronTrigger
@@ -66,6 +68,8 @@ _WALL_LIKE = "____-__-__T__:__:__"
 #: 2h anywhere) and still be due: 01:45 on a fall-back night is due at the second 01:30.
 _DST_SLACK = timedelta(hours=3)
 _TICK = timedelta(microseconds=1)
+#: Skipped occurrences are counted up to this many (for the log).
+COUNT_LIMIT = 10_000
 
 
 def _parse_wall(occurrence: str) -> datetime | None:
@@ -94,7 +98,7 @@ class Recurrence:
 
     @property
     def _trigger(self) -> CronTrigger:
-        return CronTrigger.from_crontab(self.schedule.cron or "", timezone=UTC)
+        return _cron_trigger(self.schedule.cron or "")
 
     def due_at(self, wall: datetime) -> datetime:
         """When the run of the occurrence at ``wall`` falls due (UTC)."""
@@ -131,25 +135,39 @@ class Recurrence:
 
     def latest_due(self, start: datetime, now: datetime) -> tuple[datetime | None, int]:
         """The latest occurrence after ``start`` already due at ``now``, and how many
-        earlier due ones it supersedes (a lower bound when there are very many).
+        earlier ones after ``start`` it supersedes (counted up to :data:`COUNT_LIMIT`).
 
         Searches backwards from now in doubling windows, so a dense cron after a
         long downtime costs about as much as the last window, not the whole gap.
         """
+        first = self.after(start)
+        if first is None or self.due_at(first) > now:  # the usual tick: nothing due yet
+            return None, 0
         end = now.astimezone(zoneinfo.ZoneInfo(self.zone)).replace(tzinfo=None) + _DST_SLACK
         window = timedelta(hours=6)
         while True:
             low = max(start, end - window)
             due = list(self._due(low, end, now))
             if due or low == start:
-                return (due[-1] if due else None), max(len(due) - 1, 0)
+                break
             window *= 2
+        if not due:
+            return None, 0
+        latest = due[-1]
+        skipped = sum(1 for _ in islice(self.between(start, latest - _TICK), COUNT_LIMIT))
+        return latest, skipped
 
     def _due(self, low: datetime, end: datetime, now: datetime) -> Iterator[datetime]:
         for wall in self.between(low, end):
             if self.due_at(wall) > now:  # instants grow with wall times: none later is due
                 return
             yield wall
+
+
+@functools.lru_cache(maxsize=256)
+def _cron_trigger(cron: str) -> CronTrigger:
+    """A cron expression on a UTC clock that stands for a zone's wall clock (parsed once)."""
+    return CronTrigger.from_crontab(cron, timezone=UTC)
 
 
 def _utc(wall: datetime) -> datetime:
@@ -200,15 +218,23 @@ def make_broadcast_runs(
     recurrence = Recurrence(schedule)
     _revise_scheduled(session, campaign.id, recurrence)
     zone = zoneinfo.ZoneInfo(recurrence.zone)
-    start = since_unchanged(session, campaign.id, _cron_key).astimezone(zone).replace(tzinfo=None)
+
+    def wall(instant: datetime) -> datetime:
+        return instant.astimezone(zone).replace(tzinfo=None)
+
     last = session.scalar(
         select(func.max(CampaignRun.occurrence)).where(
             CampaignRun.campaign_id == campaign.id, CampaignRun.occurrence.like(_WALL_LIKE)
         )
     )
-    last_wall = _parse_wall(last) if last else None
-    if last_wall is not None and last_wall > start:
-        start = last_wall
+    start = _parse_wall(last) if last else None
+    created = session.scalar(
+        select(CampaignVersion.created_at).where(CampaignVersion.id == version_id)
+    )
+    # The usual tick: the last run came after this version, so it is where to go on from.
+    if start is None or created is None or start < wall(created):
+        since = wall(since_unchanged(session, campaign.id, _cron_key))
+        start = since if start is None else max(start, since)
     latest, skipped = recurrence.latest_due(start, now)
     if latest is None:
         return 0
