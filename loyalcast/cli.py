@@ -330,10 +330,33 @@ def campaigns_create(
     except CampaignFileError as exc:
         fail(f"campaign refused:\n{exc}")
     what = "created" if created.changed else "unchanged"
-    console.print(
-        f"campaign {created.name} {what} (version {created.version}); "
-        f"run {created.run_id} due {created.due_at:%Y-%m-%d %H:%M %Z}"
-    )
+    if created.run_id is not None and created.due_at is not None:
+        when = f"run {created.run_id} due {created.due_at:%Y-%m-%d %H:%M %Z}"
+    else:
+        when = _runs_to_come(file)
+    console.print(f"campaign {created.name} {what} (version {created.version}); {when}")
+
+
+def _runs_to_come(file: Path) -> str:
+    """What the scheduler will do for a campaign whose runs come from its tick."""
+    from store import utcnow
+    from workers import parse_campaign
+    from workers.recurrence import Recurrence
+    from workers.schedules import format_duration
+
+    spec = parse_campaign(file.read_text(encoding="utf-8"), str(file))
+    if spec.schedule is not None and spec.schedule.recurring:
+        recurrence = Recurrence(spec.schedule)
+        wall = recurrence.next_after(utcnow())
+        if wall is None:
+            return "no occurrence left before `until`"
+        where = "member-local" if spec.schedule.member_local else spec.schedule.timezone
+        due = recurrence.due_at(wall)
+        return f"next occurrence {wall:%Y-%m-%d %H:%M} {where}, due {due:%Y-%m-%d %H:%M}Z"
+    if spec.trigger_segment is not None:
+        every = format_duration(spec.snapshot_every)
+        return f"watching segment {spec.trigger_segment} every {every}"
+    return "its runs come from the scheduler as they fall due"
 
 
 @campaigns_app.command("status")

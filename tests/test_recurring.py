@@ -29,6 +29,7 @@ from workers.control import pause_campaign
 from workers.delivery import deliver_batch
 from workers.occurrences import ensure_runs
 from workers.planning import plan_run
+from workers.schedules import Schedule
 from workers.timing import spread_offset
 
 from .support import (
@@ -478,3 +479,35 @@ def test_the_status_command_shows_progress_and_eta(database_url, tmp_path):
     text = " ".join(result.stdout.split())
     assert "┃ planned ┃ sent ┃ open ┃ ETA" in text
     assert re.search(r"│ planned │ 10 │ 0 │ 10 │ \S+Z \(in [0-5]s, 2/s configured\) │", text), text
+
+
+def test_campaigns_create_names_the_next_occurrence_of_a_cron(sqlite_url, tmp_path):
+    """Creating a cron campaign says when its first run will fall due (there is no run yet)."""
+    path = write_campaign(tmp_path, extra='schedule: {cron: "0 10 * * *", timezone: UTC}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
+    env.update(LOYALCAST_DATABASE_URL=sqlite_url, LOYALCAST_LOG_LEVEL="WARNING", COLUMNS="160")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "loyalcast"), "campaigns", "create", str(path)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    now = datetime.now(UTC)
+    first = now.replace(hour=10, minute=0, second=0, microsecond=0)
+    if first <= now:
+        first += timedelta(days=1)
+    assert (
+        f"campaign test-broadcast created (version 1); next occurrence {first:%Y-%m-%d} 10:00 "
+        f"UTC, due {first:%Y-%m-%d} 10:00Z"
+    ) in " ".join(result.stdout.split())
+
+
+def test_the_next_occurrence_after_an_instant_is_resolved_in_its_zone():
+    """From 2026-03-08 06:00Z, the next 02:30 New York occurrence is 9 March (after the gap)."""
+    daily = recurrence.Recurrence(Schedule(cron="30 2 * * *", timezone="America/New_York"))
+    assert daily.next_after(_at("2026-03-08T06:00")) == datetime(2026, 3, 8, 2, 30)
+    assert daily.next_after(_at("2026-03-08T07:00")) == datetime(2026, 3, 9, 2, 30)

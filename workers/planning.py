@@ -14,7 +14,10 @@ are deliver jobs enqueued for the new rows. So:
 Keyset pages rather than one long server-side cursor keep every transaction
 short, which matters on SQLite (one writer) and for PostgreSQL's vacuum.
 Members are not loaded here: consent, reachability and the channel are
-decided by the deliver job, just before sending (DESIGN.md §4).
+decided by the deliver job, just before sending (DESIGN.md §4). A row that
+must wait (a member-local wall time, a ``spread`` offset) is written
+``deferred`` with its moment (:mod:`workers.timing`), for ``at`` and cron
+runs alike.
 """
 
 from __future__ import annotations

@@ -121,6 +121,14 @@ class Recurrence:
         found = fire.replace(tzinfo=None)
         return found if self.within_until(found) else None
 
+    def next_after(self, now: datetime) -> datetime | None:
+        """The first occurrence whose run falls due after ``now`` (None past ``until``)."""
+        wall = now.astimezone(zoneinfo.ZoneInfo(self.zone)).replace(tzinfo=None) - _DST_SLACK
+        candidate = self.after(wall)
+        while candidate is not None and self.due_at(candidate) <= now:
+            candidate = self.after(candidate)
+        return candidate
+
     def contains(self, wall: datetime) -> bool:
         """Whether ``wall`` is an occurrence of this schedule."""
         return self.after(wall - _TICK) == wall
