@@ -25,7 +25,7 @@ from scheduler.ticks import tick
 from store import CampaignRun, CampaignVersion, Delivery, set_clock
 from workers import recurrence
 from workers.catalog import campaign_status
-from workers.control import pause_campaign
+from workers.control import cancel_campaign, pause_campaign, resume_campaign
 from workers.delivery import deliver_batch
 from workers.occurrences import ensure_runs
 from workers.planning import plan_run
@@ -511,3 +511,28 @@ def test_the_next_occurrence_after_an_instant_is_resolved_in_its_zone():
     daily = recurrence.Recurrence(Schedule(cron="30 2 * * *", timezone="America/New_York"))
     assert daily.next_after(_at("2026-03-08T06:00")) == datetime(2026, 3, 8, 2, 30)
     assert daily.next_after(_at("2026-03-08T07:00")) == datetime(2026, 3, 9, 2, 30)
+
+
+def test_cancel_ends_the_recurrence_and_resume_after_a_pause_sends_only_the_latest(
+    database_url, tmp_path, clock
+):
+    """Paused over three occurrences, resumed: one late run; cancelled: no run ever again."""
+    sessions = sessions_for(database_url)
+    clock.now = _at("2026-03-01T09:00")
+    _cron_campaign(sessions, tmp_path, '{cron: "0 10 * * *"}')
+    pause_campaign(sessions, "test-broadcast")
+    _tick_through(
+        sessions, clock, _at("2026-03-01T09:30"), _at("2026-03-03T12:00"), timedelta(hours=6)
+    )
+    assert _runs(sessions) == []
+    resume_campaign(sessions, "test-broadcast")
+    clock.now = _at("2026-03-03T12:05")
+    ensure_runs(sessions, clock.now)
+    assert [r.occurrence for r in _runs(sessions)] == ["2026-03-03T10:00:00"]
+    cancel_campaign(sessions, "test-broadcast")
+    _tick_through(
+        sessions, clock, _at("2026-03-04T00:00"), _at("2026-03-06T00:00"), timedelta(hours=6)
+    )
+    assert [(r.occurrence, r.status) for r in _runs(sessions)] == [
+        ("2026-03-03T10:00:00", "cancelled")
+    ]
