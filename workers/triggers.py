@@ -226,9 +226,11 @@ def _write_trigger_run(
         for member_id in members
         for channel in per_channel
     ]
-    dialect = session.get_bind().dialect.name
+    # One statement compiled once and executed with many parameter sets
+    # (SQLAlchemy's insertmanyvalues), rather than a 1000-row VALUES to compile per chunk.
+    stmt = insert_ignore(session.get_bind().dialect.name, Delivery, None, ["dedupe_key"])
     for chunk in chunked(rows, _CHUNK):
-        session.execute(insert_ignore(dialect, Delivery, chunk, ["dedupe_key"]))
+        session.execute(stmt, chunk)
     session.execute(
         update(CampaignRun).where(CampaignRun.id == run_id).values(planned_count=len(rows))
     )
