@@ -363,3 +363,35 @@ def test_check_every_survives_the_stored_spec():
     stored = spec.model_dump(mode="json")
     assert stored["check_every"] == "PT1H30M"
     assert type(spec).model_validate(stored).snapshot_every == timedelta(minutes=90)
+
+
+def test_a_member_who_left_before_the_send_is_not_sent(database_url, tmp_path, clock):
+    """The trigger is checked again at send time: left since (per the latest snapshot), no send."""
+    # Given a triggered row for two members who entered
+    sessions = sessions_for(database_url)
+    _platinum(sessions)
+    with sessions.begin() as s:
+        stays = add_member(s, tier="gold").id
+        leaves = add_member(s, tier="gold").id
+    _campaign(sessions, tmp_path)
+    _tick(sessions, clock, T0)
+    _set_tier(sessions, stays, "platinum")
+    _set_tier(sessions, leaves, "platinum")
+    clock.now = T0 + timedelta(hours=1)
+    (run_id,) = tick(sessions, _broker())
+    channels = scripted_channels()
+    rt = runtime_for(database_url, tmp_path, channels=channels)
+    plan_run(rt, run_id)
+    # When one of them leaves the segment and a snapshot sees it before the rows are sent
+    _set_tier(sessions, leaves, "gold")
+    clock.now = T0 + timedelta(hours=1, minutes=5)
+    with sessions.begin() as s:
+        snapshot_and_trigger(s, s.scalars(select(Segment)).one())
+    with sessions() as s:
+        rows = {r.member_id: r.id for r in s.scalars(select(Delivery))}
+    deliver_batch(rt, list(rows.values()))
+    # Then only the member still in the segment is sent; the other's reason is recorded
+    assert [m.member_id for m in channels["email"].sent] == [stays]
+    with sessions() as s:
+        row = s.get(Delivery, rows[leaves])
+        assert (row.status, row.reason) == ("suppressed", "left_segment")

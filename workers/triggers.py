@@ -29,6 +29,9 @@ Rules:
 - **The ordering caveat of snapshots**: on PostgreSQL a member whose data
   changes while the snapshot runs can be reported as both left and entered;
   such a member was in the segment before and after, so is not triggered.
+- **Still true at send time**: a row that waited (quiet hours, a cap) for a
+  member who has left the segment since (as of its latest snapshot) ends
+  ``suppressed``, reason ``left_segment`` (:func:`recheck_triggered`).
 - A ``segment`` on the campaign narrows who is triggered (checked by the
   plan job; the others' rows end ``suppressed``, reason ``not_in_segment``).
   A paused campaign is not triggered (members entering while it is paused
@@ -37,7 +40,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,6 +55,7 @@ from store import (
     CampaignRun,
     CampaignStatus,
     CampaignVersion,
+    Consent,
     Delivery,
     DeliveryStatus,
     Member,
@@ -59,16 +63,24 @@ from store import (
     insert_ignore,
     utcnow,
 )
-from store.models import Segment
+from store.models import Segment, SegmentMember
 
 from .campaigns import CampaignSpec
+from .compose import Closed
 from .jobs import chunked, enqueue_deliver
 from .planning import PlanResult, finish_run
 from .recurrence import since_unchanged
 from .runs import write_run
 from .runtime import Runtime
 
-__all__ = ["TriggerResult", "make_trigger_runs", "plan_triggered", "snapshot_and_trigger"]
+__all__ = [
+    "TriggerResult",
+    "make_trigger_runs",
+    "plan_triggered",
+    "recheck_triggered",
+    "snapshot_and_trigger",
+    "trigger_key",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -235,6 +247,48 @@ def _write_trigger_run(
         update(CampaignRun).where(CampaignRun.id == run_id).values(planned_count=len(rows))
     )
     return run_id
+
+
+def recheck_triggered(
+    session: Session,
+    rt: Runtime,
+    rows: Sequence[Delivery],
+    members: Mapping[int, Member],
+    consents: Mapping[int, Mapping[str, Consent]],
+    now: datetime,
+) -> list[Closed]:
+    """The trigger, checked again at send time: a member who has left the segment since
+    (as of its latest snapshot) is not sent a message about entering it.
+
+    Matters when a row waited (quiet hours, a cap, a paused campaign).
+    """
+    by_segment: dict[str, list[Delivery]] = {}
+    for row in rows:
+        name = (row.payload or {}).get("segment")
+        if isinstance(name, str):
+            by_segment.setdefault(name, []).append(row)
+    ended: list[Closed] = []
+    for name, segment_rows in by_segment.items():
+        segment_id = session.scalar(select(Segment.id).where(Segment.name == name))
+        inside = set(
+            session.scalars(
+                select(SegmentMember.member_id).where(
+                    SegmentMember.segment_id == segment_id,
+                    SegmentMember.member_id.in_({row.member_id for row in segment_rows}),
+                )
+            )
+        )
+        ended.extend(
+            Closed(
+                row.id,
+                DeliveryStatus.SUPPRESSED,
+                "left_segment",
+                f"left segment {name} before the message was sent",
+            )
+            for row in segment_rows
+            if row.member_id not in inside
+        )
+    return ended
 
 
 def plan_triggered(rt: Runtime, run_id: int, spec: CampaignSpec) -> PlanResult:
