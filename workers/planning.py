@@ -47,7 +47,7 @@ from .recurrence import run_wall
 from .runtime import Runtime
 from .timing import RunTiming, row_timing
 
-__all__ = ["PlanResult", "dedupe_key", "finish_run", "plan_run"]
+__all__ = ["PlanResult", "dedupe_key", "plan_run"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,7 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
         version_id, last = run.campaign_version_id, run.planned_through
         occurrence, due_at = run.occurrence, run.due_at
     if campaign_status == CampaignStatus.CANCELLED:
-        return finish_run(rt, run_id, RunStatus.CANCELLED, 0)
+        return _finish(rt, run_id, RunStatus.CANCELLED, 0)
 
     version = rt.version(version_id)
     spec = version.spec
@@ -199,13 +199,12 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
     if stopped:
         log.info("planning stopped: the run is no longer planning", run_id=run_id)
         return PlanResult(run_id, written, "stopped")
-    result = finish_run(rt, run_id, RunStatus.PLANNED, written)
+    result = _finish(rt, run_id, RunStatus.PLANNED, written)
     log.info("run planned", run_id=run_id, written=written)
     return result
 
 
-def finish_run(rt: Runtime, run_id: int, status: RunStatus, written: int) -> PlanResult:
-    """Move a run out of ``planning`` (to planned, with its time, or cancelled)."""
+def _finish(rt: Runtime, run_id: int, status: RunStatus, written: int) -> PlanResult:
     values: dict[str, object] = {"status": status}
     if status == RunStatus.PLANNED:
         values["planned_at"] = utcnow()

@@ -68,7 +68,8 @@ from store.models import Segment, SegmentMember
 from .campaigns import CampaignSpec
 from .compose import Closed
 from .jobs import chunked, enqueue_deliver
-from .planning import PlanResult, finish_run
+from .planning import PlanResult
+from .planning import _finish as finish_run  # the kinds' planners build on planning
 from .recurrence import since_unchanged
 from .runs import write_run
 from .runtime import Runtime
