@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -274,8 +275,13 @@ def segments_preview(
 def segments_snapshot(
     name: Annotated[str, typer.Argument(help="A saved segment's name.")],
 ) -> None:
-    """Evaluate a saved segment now and say who entered and who left since the last time."""
-    from segments import load_segment, snapshot
+    """Evaluate a saved segment now and say who entered and who left since the last time.
+
+    Triggered campaigns watching the segment are triggered by it (their own
+    ticks would have taken the same snapshot).
+    """
+    from segments import load_segment
+    from workers.triggers import snapshot_and_trigger
 
     settings = load_settings()
     sessions = _sessions(settings)
@@ -284,10 +290,15 @@ def segments_snapshot(
             segment, _ = load_segment(session, name)
         except LookupError as exc:
             fail(str(exc))
-        diff = snapshot(session, segment)
+        result = snapshot_and_trigger(session, segment)
+    diff = result.diff
     console.print(
         f"{name}: {diff.count} members; {len(diff.entered)} entered, {len(diff.left)} left"
     )
+    for campaign, run_id in result.runs.items():
+        console.print(f"triggered campaign {campaign}: run {run_id}")
+    for campaign in result.baseline:
+        console.print(f"triggered campaign {campaign}: baseline taken (nobody entered yet)")
 
 
 @campaigns_app.command("create")
@@ -319,25 +330,53 @@ def campaigns_create(
     except CampaignFileError as exc:
         fail(f"campaign refused:\n{exc}")
     what = "created" if created.changed else "unchanged"
-    console.print(
-        f"campaign {created.name} {what} (version {created.version}); "
-        f"run {created.run_id} due {created.due_at:%Y-%m-%d %H:%M %Z}"
-    )
+    if created.run_id is not None and created.due_at is not None:
+        when = f"run {created.run_id} due {created.due_at:%Y-%m-%d %H:%M %Z}"
+    else:
+        when = _runs_to_come(file)
+    console.print(f"campaign {created.name} {what} (version {created.version}); {when}")
+
+
+def _runs_to_come(file: Path) -> str:
+    """What the scheduler will do for a campaign whose runs come from its tick."""
+    from store import utcnow
+    from workers import parse_campaign
+    from workers.recurrence import Recurrence
+    from workers.schedules import format_duration
+
+    spec = parse_campaign(file.read_text(encoding="utf-8"), str(file))
+    if spec.schedule is not None and spec.schedule.recurring:
+        recurrence = Recurrence(spec.schedule)
+        wall = recurrence.next_after(utcnow())
+        if wall is None:
+            return "no occurrence left before `until`"
+        where = "member-local" if spec.schedule.member_local else spec.schedule.timezone
+        due = recurrence.due_at(wall)
+        return f"next occurrence {wall:%Y-%m-%d %H:%M} {where}, due {due:%Y-%m-%d %H:%M}Z"
+    if spec.trigger_segment is not None:
+        every = format_duration(spec.snapshot_every)
+        return f"watching segment {spec.trigger_segment} every {every}"
+    return "its runs come from the scheduler as they fall due"
 
 
 @campaigns_app.command("status")
 def campaigns_status(name: Annotated[str, typer.Argument(help="The campaign's name.")]) -> None:
-    """Show a campaign's runs and its deliveries counted by status and reason."""
+    """Show a campaign's runs with progress and ETA, and its deliveries by status and reason."""
     from workers.catalog import campaign_status
+    from workers.progress import provider_rates
 
     settings = load_settings()
     sessions = _sessions(settings)
     try:
-        report = campaign_status(sessions, name)
+        report = campaign_status(sessions, name, rates=provider_rates(settings))
     except LookupError as exc:
         fail(str(exc))
     console.print(f"[bold]{report.name}[/] version {report.version}, {report.status}")
-    runs = Table("run", "occurrence", "due", "status", "planned")
+    shown = len(report.runs)
+    title = f"latest {shown} of {report.runs_total} runs" if report.runs_total > shown else None
+    runs = Table(
+        "run", "occurrence", "due", "status", "planned", "sent", "open", "ETA", title=title
+    )
     for run in report.runs:
         runs.add_row(
             str(run["id"]),
@@ -345,6 +384,9 @@ def campaigns_status(name: Annotated[str, typer.Argument(help="The campaign's na
             f"{run['due_at']:%Y-%m-%d %H:%M}Z",
             run["status"],
             str(run["planned"]),
+            str(run["sent"]),
+            _open_cell(run),
+            _eta_cell(run),
         )
     console.print(runs)
     counts = Table("status", "reason", "deliveries")
@@ -352,6 +394,27 @@ def campaigns_status(name: Annotated[str, typer.Argument(help="The campaign's na
         counts.add_row(status, reason or "", str(n))
     counts.add_row("[bold]total[/]", "", str(report.total))
     console.print(counts)
+
+
+def _open_cell(run: dict[str, Any]) -> str:
+    if run["waiting"]:
+        return f"{run['open']} ({run['waiting']} waiting)"
+    return str(run["open"])
+
+
+def _eta_cell(run: dict[str, Any]) -> str:
+    """When a run should finish, and on what the estimate rests."""
+    from store import utcnow
+    from workers.schedules import format_duration
+
+    eta = run["eta"]
+    if eta is None:
+        return "paused" if run["open"] else ""
+    if run["eta_basis"] == "last row due":
+        return f"{eta:%Y-%m-%d %H:%M}Z (last row due)"
+    remaining = max(eta - utcnow(), timedelta(0))
+    rate = f"{run['rate']:.3g}/s {run['rate_source']}" if run["rate"] else "no rate limit"
+    return f"{eta:%H:%M:%S}Z (in {format_duration(remaining)}, {rate})"
 
 
 @campaigns_app.command("test-send")

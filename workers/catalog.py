@@ -15,7 +15,7 @@ still-scheduled run whose instant changed is replaced.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,10 +24,12 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from loyalcast.settings import Settings
 from segments import audience_filter, load_segment, parse_rule
 from store import (
     Campaign,
     CampaignRun,
+    CampaignStatus,
     CampaignVersion,
     Delivery,
     Member,
@@ -40,6 +42,7 @@ from templates import Renderer, TemplateError, load_templates
 from .campaigns import CampaignFileError, CampaignSpec, Problem, parse_campaign
 from .context import member_context, sample_extras
 from .program import Program
+from .progress import provider_rates, run_progress
 from .runtime import LoadedVersion
 
 __all__ = [
@@ -188,6 +191,13 @@ def create_campaign(
                 problem = Problem("segment", f"no saved segment named {spec.segment!r}")
                 raise CampaignFileError(source, [problem]) from None
             spec = spec.model_copy(update={"segment": saved.rule})
+    if spec.trigger_segment is not None:
+        with sessions() as session:
+            try:
+                load_segment(session, spec.trigger_segment, attributes=attributes)
+            except LookupError:
+                problem = Problem("on", f"no saved segment named {spec.trigger_segment!r}")
+                raise CampaignFileError(source, [problem]) from None
     rule = (
         parse_rule(spec.segment, "segment", attributes=attributes)
         if spec.segment is not None
@@ -301,42 +311,82 @@ def create_campaign(
 
 @dataclass(frozen=True)
 class CampaignStatusReport:
-    """A campaign's runs and its deliveries counted by status and reason."""
+    """A campaign's runs with their progress, and its deliveries counted by status and reason.
+
+    Each run is a dict: ``id``, ``occurrence``, ``due_at``, ``status``,
+    ``planned``, and its progress (:class:`~workers.progress.RunProgress`:
+    ``sent``, ``open``, ``waiting``, ``last_due``, ``rate``, ``rate_source``,
+    ``eta``, ``eta_basis``). Only the latest runs are listed; ``runs_total``
+    counts them all.
+    """
 
     name: str
     status: str
     version: int
     runs: list[dict[str, Any]]
     counts: list[tuple[str, str | None, int]]
+    runs_total: int = 0
 
     @property
     def total(self) -> int:
         return sum(n for _, _, n in self.counts)
 
 
-def campaign_status(sessions: sessionmaker[Session], name: str) -> CampaignStatusReport:
-    """Counts per status (with reasons) for campaign ``name``.
+#: How many of a campaign's latest runs ``campaign_status`` lists.
+STATUS_RUNS = 20
+
+
+def campaign_status(
+    sessions: sessionmaker[Session],
+    name: str,
+    *,
+    rates: Mapping[str, float | None] | None = None,
+    limit: int = STATUS_RUNS,
+) -> CampaignStatusReport:
+    """Runs with progress and ETA, and counts per status (with reasons), for campaign ``name``.
+
+    Args:
+        sessions: the store.
+        name: the campaign's name.
+        rates: messages per second per channel for the ETA before anything is
+            sent (:func:`~workers.progress.provider_rates`); the defaults without.
+        limit: how many of the latest runs to list.
 
     Raises:
         LookupError: no campaign has that name.
     """
+    now = utcnow()
     with sessions() as session:
         campaign = session.scalar(select(Campaign).where(Campaign.name == name))
         if campaign is None:
             raise LookupError(f"no campaign named {name!r}")
+        latest = list(
+            session.scalars(
+                select(CampaignRun)
+                .where(CampaignRun.campaign_id == campaign.id)
+                .order_by(CampaignRun.id.desc())
+                .limit(limit)
+            )
+        )[::-1]
+        runs_total = session.scalar(
+            select(func.count()).where(CampaignRun.campaign_id == campaign.id)
+        )
+        progress = run_progress(
+            session,
+            [(run.id, run.planned_count) for run in latest],
+            rates=rates if rates is not None else provider_rates(Settings()),
+            now=now,
+            paused=campaign.status == CampaignStatus.PAUSED,
+        )
         runs = [
             {
                 "id": run.id,
                 "occurrence": run.occurrence,
                 "due_at": run.due_at,
                 "status": run.status,
-                "planned": run.planned_count,
+                **progress[run.id].as_dict(),
             }
-            for run in session.scalars(
-                select(CampaignRun)
-                .where(CampaignRun.campaign_id == campaign.id)
-                .order_by(CampaignRun.id)
-            )
+            for run in latest
         ]
         counts = [
             (status, reason, int(n))
@@ -348,5 +398,10 @@ def campaign_status(sessions: sessionmaker[Session], name: str) -> CampaignStatu
             ).all()
         ]
         return CampaignStatusReport(
-            campaign.name, campaign.status, campaign.current_version, runs, counts
+            campaign.name,
+            campaign.status,
+            campaign.current_version,
+            runs,
+            counts,
+            runs_total=int(runs_total or 0),
         )

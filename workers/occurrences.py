@@ -26,6 +26,8 @@ from store import (
 )
 
 from .campaigns import CampaignSpec
+from .recurrence import make_broadcast_runs
+from .triggers import make_trigger_runs
 
 __all__ = ["RunMaker", "ensure_runs"]
 
@@ -33,7 +35,10 @@ __all__ = ["RunMaker", "ensure_runs"]
 RunMaker = Callable[[Session, Campaign, int, CampaignSpec, datetime], int]
 
 #: The makers, per kind; a kind without one gets no runs from the tick.
-_MAKERS: dict[str, RunMaker] = {}
+_MAKERS: dict[str, RunMaker] = {
+    "broadcast": make_broadcast_runs,  # cron occurrences; one-off broadcasts do nothing here
+    "triggered": make_trigger_runs,
+}
 
 
 def ensure_runs(sessions: sessionmaker[Session], now: datetime) -> int:

@@ -14,13 +14,15 @@ are deliver jobs enqueued for the new rows. So:
 Keyset pages rather than one long server-side cursor keep every transaction
 short, which matters on SQLite (one writer) and for PostgreSQL's vacuum.
 Members are not loaded here: consent, reachability and the channel are
-decided by the deliver job, just before sending (DESIGN.md §4).
+decided by the deliver job, just before sending (DESIGN.md §4). A row that
+must wait (a member-local wall time, a ``spread`` offset) is written
+``deferred`` with its moment (:mod:`workers.timing`), for ``at`` and cron
+runs alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -41,7 +43,9 @@ from store import (
 )
 
 from .jobs import enqueue_deliver
+from .recurrence import run_wall
 from .runtime import Runtime
+from .timing import RunTiming, row_timing
 
 __all__ = ["PlanResult", "dedupe_key", "plan_run"]
 
@@ -79,6 +83,7 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
             select(Campaign.status).where(Campaign.id == run.campaign_id)
         )
         version_id, last = run.campaign_version_id, run.planned_through
+        occurrence, due_at = run.occurrence, run.due_at
     if campaign_status == CampaignStatus.CANCELLED:
         return _finish(rt, run_id, RunStatus.CANCELLED, 0)
 
@@ -86,6 +91,12 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
     spec = version.spec
     # Kinds whose audience is not a segment read in id order plan in their own
     # module, which builds on this one (hence the imports here).
+    if spec.kind == "triggered":
+        from .triggers import plan_triggered
+
+        return plan_triggered(rt, run_id, spec)
+    timing = RunTiming(run_id, due_at, run_wall(spec.schedule, occurrence))
+    default_zone = rt.program.default_time_zone
     rule = (
         parse_rule(spec.segment, "segment", attributes=rt.program.attributes)
         if spec.segment is not None
@@ -147,7 +158,10 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
             }
             rows: list[dict[str, Any]] = []
             for member_id in ids:
-                base = {**base_row, **_when(spec, zones[member_id], rt, now)}
+                when = row_timing(
+                    spec.schedule, timing, member_id, zones[member_id], default_zone, now
+                )
+                base = {**base_row, **when}
                 if per_channel:
                     rows.extend(
                         {
@@ -188,34 +202,6 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
     result = _finish(rt, run_id, RunStatus.PLANNED, written)
     log.info("run planned", run_id=run_id, written=written)
     return result
-
-
-def _when(spec: Any, time_zone: str | None, rt: Runtime, now: datetime) -> dict[str, Any]:
-    """Row fields for when a delivery may go: now, or the member's own wall time.
-
-    With ``schedule: {at: ..., timezone: member}`` each member's row waits
-    (``deferred``, reason ``scheduled``) until that wall time in the member's
-    zone (the program's default without one); the sweeper enqueues it when the
-    moment comes. A moment already past (a late run) sends at once.
-    """
-    schedule = spec.schedule
-    if schedule is None or not schedule.member_local:
-        return {}
-    zone = time_zone or rt.program.default_time_zone
-    try:
-        at = schedule.member_instant(zone)
-    except (ValueError, KeyError):  # an unknown zone: the program's
-        zone = rt.program.default_time_zone
-        at = schedule.member_instant(zone)
-    if at <= now:
-        return {}
-    return {
-        "status": DeliveryStatus.DEFERRED,
-        "not_before": at,
-        "reason": "scheduled",
-        "detail": f"{schedule.at:%Y-%m-%d %H:%M} member-local ({zone})",
-        "enqueued_at": None,
-    }
 
 
 def _finish(rt: Runtime, run_id: int, status: RunStatus, written: int) -> PlanResult:

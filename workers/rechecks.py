@@ -5,8 +5,9 @@ member may have redeemed the points a reminder is about, or matched a
 sequence's exit rule. :func:`recheck` runs once per batch, in a transaction
 of its own right after the deliver job loaded its rows (a check may write,
 e.g. a sequence's exit), and returns the rows that end here with their
-reason. Broadcasts and triggered campaigns have nothing to recheck beyond the
-policy every row gets (consent, reachability, the campaign still active).
+reason. Broadcasts have nothing to recheck beyond the policy every row gets
+(consent, reachability, the campaign still active); a triggered row's member
+must still be in the segment.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from store import Consent, Delivery, Member
 
 from .compose import Closed
 from .runtime import Runtime
+from .triggers import recheck_triggered
 
 __all__ = ["Recheck", "recheck"]
 
@@ -37,7 +39,9 @@ Recheck = Callable[
 ]
 
 #: The checks, per campaign kind.
-_CHECKS: dict[str, Recheck] = {}
+_CHECKS: dict[str, Recheck] = {
+    "triggered": recheck_triggered,
+}
 
 
 def recheck(

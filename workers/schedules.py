@@ -22,7 +22,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .quiet_hours import resolve_wall
 
@@ -39,10 +46,13 @@ EARLIEST_ZONE = "Pacific/Kiritimati"
 
 _DURATION = re.compile(r"(\d+)\s*(w|d|h|m|s)")
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_ISO_DURATION = TypeAdapter(timedelta)
 
 
 def parse_duration(value: Any) -> timedelta:
     """``"0m"``, ``"90m"``, ``"2h"``, ``"2d"``, ``"1w"`` or ``"1d12h"`` as a timedelta.
+
+    ISO 8601 (``"PT2H"``) is read too: it is how a stored campaign spec keeps durations.
 
     Raises:
         ValueError: anything else (a bare number is refused: the unit is not obvious).
@@ -50,6 +60,11 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     text = str(value).strip().lower() if isinstance(value, str) else None
+    if text and text.startswith("p"):  # ISO 8601, as a stored spec has it (model_dump: "PT2H")
+        try:
+            return _ISO_DURATION.validate_python(text.upper())
+        except ValidationError:
+            pass
     if not text or _DURATION.sub("", text).strip():
         raise ValueError(
             f"not a duration: {value!r}; write a number and a unit (w, d, h, m, s), e.g. 2d or 90m"
