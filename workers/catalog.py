@@ -45,9 +45,13 @@ from .runtime import LoadedVersion
 __all__ = [
     "CampaignStatusReport",
     "CreatedCampaign",
+    "ValidatedCampaign",
     "campaign_status",
     "create_campaign",
     "load_campaign_templates",
+    "read_campaign_file",
+    "store_campaign",
+    "validate_campaign",
 ]
 
 SAMPLE_MEMBERS = 20
@@ -156,29 +160,39 @@ def _at(exc: TemplateError) -> str:
     return f"line {exc.line}: {exc.problem}" if exc.line else exc.problem
 
 
-def create_campaign(
+@dataclass(frozen=True)
+class ValidatedCampaign:
+    """A campaign file checked as ``campaigns create`` checks it, not stored."""
+
+    spec: CampaignSpec
+    """The spec, a saved segment's name replaced by its rule as it is now."""
+    templates: dict[str, dict[str, dict[str, str]]]
+    text: str
+
+
+def validate_campaign(
     sessions: sessionmaker[Session],
-    path: Path,
+    text: str,
+    source: str,
     *,
     template_path: Sequence[Path] = (),
     program: Program | None = None,
-) -> CreatedCampaign:
-    """Validate the campaign file at ``path`` and store it; see the module docstring.
+) -> ValidatedCampaign:
+    """Parse ``text``, load its templates and render them for sample members; write nothing.
+
+    Args:
+        sessions: the store (read only: saved segments, sample members).
+        text: the campaign file's YAML.
+        source: the file name used in error messages.
+        template_path: folders of template folders, searched before the built-ins.
+        program: the program policy (declared attributes).
 
     Raises:
         CampaignFileError: the file, a template, or a sample render is wrong.
     """
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CampaignFileError(source, [Problem("(file)", f"cannot read: {exc}")]) from None
-    spec = parse_campaign(
-        text, source, attributes=program.attributes if program is not None else None
-    )
-    templates = load_campaign_templates(spec, [*template_path, path.parent / "templates"], source)
-
     attributes = program.attributes if program is not None else None
+    spec = parse_campaign(text, source, attributes=attributes)
+    templates = load_campaign_templates(spec, template_path, source)
     if isinstance(spec.segment, str):
         # A saved segment: this version keeps the rule as it is now.
         with sessions() as session:
@@ -203,9 +217,53 @@ def create_campaign(
             )
         )
         session.expunge_all()
-    attributes = dict(samples[0].attributes or {}) if samples else {}
-    _check_templates(spec, templates, [*samples, *_synthetic_members(attributes)], source)
+    sample_attributes = dict(samples[0].attributes or {}) if samples else {}
+    _check_templates(spec, templates, [*samples, *_synthetic_members(sample_attributes)], source)
+    return ValidatedCampaign(spec, templates, text)
 
+
+def read_campaign_file(path: Path) -> str:
+    """The text of the campaign file at ``path``.
+
+    Raises:
+        CampaignFileError: it cannot be read.
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CampaignFileError(str(path), [Problem("(file)", f"cannot read: {exc}")]) from None
+
+
+def create_campaign(
+    sessions: sessionmaker[Session],
+    path: Path,
+    *,
+    template_path: Sequence[Path] = (),
+    program: Program | None = None,
+) -> CreatedCampaign:
+    """Validate the campaign file at ``path`` and store it; see the module docstring.
+
+    Templates are searched in ``template_path``, then ``<file's folder>/templates``,
+    then the built-ins.
+
+    Raises:
+        CampaignFileError: the file, a template, or a sample render is wrong.
+    """
+    validated = validate_campaign(
+        sessions,
+        read_campaign_file(path),
+        str(path),
+        template_path=[*template_path, path.parent / "templates"],
+        program=program,
+    )
+    return store_campaign(sessions, validated)
+
+
+def store_campaign(
+    sessions: sessionmaker[Session], validated: ValidatedCampaign
+) -> CreatedCampaign:
+    """Store a validated campaign as a new version (or nothing, when unchanged), with its run."""
+    spec, templates, text = validated.spec, validated.templates, validated.text
     digest = hashlib.sha256(text.encode()).hexdigest()
     spec_json = spec.model_dump(mode="json")
     # A one-off broadcast gets its run now; the other kinds get theirs from the
