@@ -330,3 +330,51 @@ def test_kinds_without_a_known_audience_say_why_they_are_not_forecast(database_u
     assert (result.forecastable, result.audience) == (False, 0)
     assert "enroll" in (result.reason or "")
     assert result.to_dict()["reason"] == result.reason
+
+
+def test_the_cli_forecasts_as_a_table_or_json_and_refuses_a_bad_instant(tmp_path, sqlite_url):
+    """`campaigns forecast FILE --json` gives the counts; the table names the outcomes; a bad
+    --at stops with exit 2; nothing is stored."""
+    import json
+    import os
+
+    from typer.testing import CliRunner
+
+    from loyalcast.cli import app
+
+    env = {k: None for k in os.environ if k.startswith("LOYALCAST_")}
+    env.update(
+        {
+            "LOYALCAST_DATA_DIR": str(tmp_path / "data"),
+            "LOYALCAST_DATABASE_URL": sqlite_url,
+            "LOYALCAST_LOG_LEVEL": "WARNING",
+        }
+    )
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(app, list(args), env=env)
+
+    sessions = sessions_for(sqlite_url)
+    with sessions.begin() as s:
+        add_member(s, name="Mo One", time_zone="UTC", consents={"sms": "opted_in"})
+        add_member(s, name="Mo Two", time_zone="UTC", consents={"sms": "opted_out"}, email=None)
+        add_member(s, name="Mo Three", time_zone="UTC", phone=None)
+    rows_before = store_snapshot(sessions)
+    path = write(tmp_path, "cli", "[sms, email]", '{at: "2026-12-01T15:00Z"}')
+    result = run("campaigns", "forecast", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["audience"] == 3
+    assert data["channels"] == {"email": 1, "sms": 1}
+    assert data["suppressed"] == {"consent": 1}
+    assert data["eta"][0]["rates"] == {"sendgrid": 50.0}
+    assert data["at"] == "2026-12-01T15:00:00+00:00"
+    assert data["samples"]["sms"][0]["parts"]["text"].startswith("Double points this weekend, Mo!")
+    table = run("campaigns", "forecast", str(path), "--at", "2026-12-01T23:30:00+00:00")
+    assert table.exit_code == 0, table.output
+    assert "quiet_hours" in table.stdout
+    assert "sample renders" in table.stdout
+    bad = run("campaigns", "forecast", str(path), "--at", "2026-12-01T10:00")
+    assert bad.exit_code == 2
+    assert "give the UTC offset" in bad.stderr
+    assert store_snapshot(sessions) == rows_before

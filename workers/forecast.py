@@ -236,6 +236,11 @@ class _Broadcast:
                     self._send(channel, message, when)
         if self.caps is not None and self.caps.problem:
             self.notes.append(self.caps.problem)
+        if self.caps is None and self.rt.program.caps:
+            self.notes.append(
+                "frequency caps not counted: no Redis is configured (LOYALCAST_REDIS_URL), "
+                "and a run without one does not apply them either"
+            )
         return self._result()
 
     def _compose_page(
