@@ -51,15 +51,15 @@ from channels.sms_segments import count_segments
 from segments import Rule, audience_filter, load_segment, parse_rule
 from store import CampaignStatus, Consent, Delivery, DeliveryStatus, Member, PushToken, utcnow
 
-from .cap_preview import CapPreview
-from .capping import _request
-from .caps import Capped
-from .catalog import (
+from .campaign_checks import (
     ValidatedCampaign,
     load_campaign_templates,
     read_campaign_file,
     validate_campaign,
 )
+from .cap_preview import CapPreview
+from .capping import _request
+from .caps import Capped
 from .compose import Closed, Deferred, compose
 from .forecast_report import ChannelEta, Forecast, SampleRender, eta_for
 from .planning import _when, dedupe_key
