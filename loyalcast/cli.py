@@ -638,7 +638,7 @@ def api(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
-    """Serve the HTTP API: provider webhooks, inbound SMS and unsubscribe links.
+    """Serve the HTTP API: provider webhooks, inbound SMS, unsubscribe links, campaigns.
 
     Providers and members reach it at LOYALCAST_PUBLIC_URL (put a TLS-terminating
     proxy in front); webhook signatures are checked against that URL.

@@ -332,7 +332,9 @@ def test_kinds_without_a_known_audience_say_why_they_are_not_forecast(database_u
     assert result.to_dict()["reason"] == result.reason
 
 
-def test_the_cli_forecasts_as_a_table_or_json_and_refuses_a_bad_instant(tmp_path, sqlite_url):
+def test_the_cli_forecasts_as_a_table_or_json_and_refuses_a_bad_instant(
+    tmp_path, sqlite_url, monkeypatch
+):
     """`campaigns forecast FILE --json` gives the counts; the table names the outcomes; a bad
     --at stops with exit 2; nothing is stored."""
     import json
@@ -340,7 +342,11 @@ def test_the_cli_forecasts_as_a_table_or_json_and_refuses_a_bad_instant(tmp_path
 
     from typer.testing import CliRunner
 
-    from loyalcast.cli import app
+    from loyalcast import cli
+
+    # In-process: keep the command from pointing this process's logging at the runner's streams.
+    monkeypatch.setattr(cli, "configure_logging", lambda _level: None)
+    app = cli.app
 
     env = {k: None for k in os.environ if k.startswith("LOYALCAST_")}
     env.update(

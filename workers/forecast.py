@@ -53,7 +53,6 @@ from store import CampaignStatus, Consent, Delivery, DeliveryStatus, Member, Pus
 
 from .campaign_checks import (
     ValidatedCampaign,
-    load_campaign_templates,
     read_campaign_file,
     validate_campaign,
 )
@@ -123,18 +122,6 @@ def forecast(
         return Forecast.not_forecastable(spec.name, spec.kind, problem or "")
     version = LoadedVersion(-next(_ids), 0, spec.name, 0, spec, campaign.templates)
     return _Broadcast(rt, version, plan_at).run()
-
-
-def forecast_spec(
-    rt: Runtime, spec: Any, *, at: datetime | None = None, template_path: Sequence[Path] = ()
-) -> Forecast:
-    """:func:`forecast` for a parsed spec: its templates read from ``template_path`` and built-ins.
-
-    Raises:
-        CampaignFileError: a template is missing.
-    """
-    templates = load_campaign_templates(spec, template_path, spec.name)
-    return forecast(rt, ValidatedCampaign(spec, templates, ""), at=at)
 
 
 def _plan_instant(
