@@ -17,7 +17,7 @@ from starlette.routing import Route
 from loyalcast.settings import Settings
 from store import make_engine, make_sessionmaker
 
-from . import _sendgrid, _twilio, _unsubscribe
+from . import _campaigns, _openapi, _sendgrid, _twilio, _unsubscribe
 from ._common import Context, context, log
 
 __all__ = ["create_app"]
@@ -33,6 +33,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     - ``POST /webhooks/sendgrid/events``: the signed Event Webhook (200).
     - ``GET``/``POST /unsubscribe/{token}``: confirmation page / unsubscribe.
     - ``GET /healthz``: ``ok`` once the database answers.
+    - ``/campaigns...``: the campaign API (:mod:`api._campaigns`), bearer token.
+    - ``GET /openapi.json``: the campaign API's OpenAPI 3.1 document.
 
     A webhook with a bad or missing signature gets 403 and changes nothing; a
     webhook whose secret is not configured gets 503 naming the setting.
@@ -61,6 +63,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
+        _campaigns.close_runtime(_app.state)
         if engine is not None:
             engine.dispose()
 
@@ -72,6 +75,15 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
             Route("/unsubscribe/{token}", _unsubscribe.confirm_page, methods=["GET"]),
             Route("/unsubscribe/{token}", _unsubscribe.unsubscribe, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/campaigns/validate", _campaigns.validate, methods=["POST"]),
+            Route("/campaigns/forecast", _campaigns.forecast_campaign, methods=["POST"]),
+            Route("/campaigns", _campaigns.create, methods=["POST"]),
+            Route("/campaigns/{name}", _campaigns.status, methods=["GET"]),
+            Route("/campaigns/{name}/schedule", _campaigns.schedule, methods=["POST"]),
+            Route("/campaigns/{name}/cancel", _campaigns.cancel, methods=["POST"]),
+            Route("/campaigns/{name}/pause", _campaigns.pause, methods=["POST"]),
+            Route("/campaigns/{name}/resume", _campaigns.resume, methods=["POST"]),
+            Route("/openapi.json", _openapi.openapi, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

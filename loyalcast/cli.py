@@ -417,6 +417,59 @@ def _eta_cell(run: dict[str, Any]) -> str:
     return f"{eta:%H:%M:%S}Z (in {format_duration(remaining)}, {rate})"
 
 
+@campaigns_app.command("forecast")
+def campaigns_forecast(
+    file: Annotated[Path, typer.Argument(help="The campaign file (YAML).")],
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="Plan the run at this instant (ISO 8601 with offset); "
+            "default: when the schedule falls due.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the forecast as JSON.")] = False,
+    templates: Annotated[
+        list[Path] | None, typer.Option("--templates", help="Folder of template folders.")
+    ] = None,
+) -> None:
+    """Forecast a campaign's run: audience, outcomes by reason, samples, ETA. Sends nothing.
+
+    Every member is decided as the deliver job would decide at the moment the
+    row would be sent (consent, reachability, quiet hours, frequency caps);
+    nothing is written to the database or to Redis.
+    """
+    import json
+    from datetime import datetime
+
+    from workers import CampaignFileError, Runtime
+    from workers.forecast import forecast
+
+    when = None
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            fail(f"--at {at!r}: not an ISO 8601 instant, e.g. 2026-12-01T10:00:00+00:00", code=2)
+        if when.utcoffset() is None:
+            fail(f"--at {at!r}: give the UTC offset, e.g. {at}+00:00", code=2)
+    settings = load_settings()
+    _sessions(settings)
+    runtime = Runtime(settings, program=load_program(settings))
+    try:
+        result = forecast(runtime, file, at=when, template_path=templates or ())
+    except CampaignFileError as exc:
+        fail(f"campaign refused:\n{exc}")
+    finally:
+        runtime.close()
+    if as_json:
+        console.print(json.dumps(result.to_dict(), indent=2), markup=False, soft_wrap=True)
+        return
+    from loyalcast.forecast_view import print_forecast
+
+    print_forecast(console, result)
+
+
 @campaigns_app.command("test-send")
 def campaigns_test_send(
     file: Annotated[Path, typer.Argument(help="The campaign file (YAML).")],
@@ -648,7 +701,7 @@ def api(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
-    """Serve the HTTP API: provider webhooks, inbound SMS and unsubscribe links.
+    """Serve the HTTP API: provider webhooks, inbound SMS, unsubscribe links, campaigns.
 
     Providers and members reach it at LOYALCAST_PUBLIC_URL (put a TLS-terminating
     proxy in front); webhook signatures are checked against that URL.

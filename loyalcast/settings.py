@@ -109,6 +109,12 @@ def _region(raw: str) -> str:
     return raw.upper()
 
 
+def _search_path(raw: str) -> str:
+    if any(not part.strip() for part in raw.split(os.pathsep)):
+        raise ValueError(f"folders separated by {os.pathsep!r}, none empty")
+    return raw
+
+
 def _meta(env: str, parse: Callable[[str], Any], doc: str) -> dict[str, Any]:
     return {"env": env, "parse": parse, "doc": doc}
 
@@ -390,6 +396,15 @@ class Settings:
             "Signs unsubscribe links; unset: a key generated into <data dir>/secret.key.",
         ),
     )
+    template_path: str | None = field(
+        default=None,
+        metadata=_meta(
+            "LOYALCAST_TEMPLATE_PATH",
+            _search_path,
+            "Folders of template folders for campaigns sent through the API "
+            "(separated by ':'); the built-ins are searched after them.",
+        ),
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -486,6 +501,13 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'loyalcast.db').resolve()}"
+
+    @property
+    def template_dirs(self) -> list[Path]:
+        """The folders of ``LOYALCAST_TEMPLATE_PATH``, in order."""
+        if not self.template_path:
+            return []
+        return [Path(part.strip()) for part in self.template_path.split(os.pathsep)]
 
     @property
     def effective_outbox_dir(self) -> Path:

@@ -5,7 +5,8 @@ validate the file, load the templates of every channel it may send on, render
 each part for sample members (real members of the segment and synthetic ones
 with empty fields), and only then store a new campaign version holding the
 validated spec and the template sources, plus its run. A broken file or
-template is refused before anything is written, with the place named.
+template is refused before anything is written, with the place named (the
+checks are :mod:`workers.campaign_checks`, shared with forecasts and the API).
 
 Creating the same file again changes nothing. A changed file becomes a new
 version; runs already under way keep the version they started with, and a
@@ -25,35 +26,38 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from loyalcast.settings import Settings
-from segments import audience_filter, load_segment, parse_rule
 from store import (
     Campaign,
     CampaignRun,
     CampaignStatus,
     CampaignVersion,
     Delivery,
-    Member,
     RunStatus,
     insert_ignore,
     utcnow,
 )
-from templates import Renderer, TemplateError, load_templates
 
-from .campaigns import CampaignFileError, CampaignSpec, Problem, parse_campaign
-from .context import member_context, sample_extras
+from .campaign_checks import (
+    ValidatedCampaign,
+    load_campaign_templates,
+    read_campaign_file,
+    validate_campaign,
+)
 from .program import Program
 from .progress import provider_rates, run_progress
-from .runtime import LoadedVersion
 
 __all__ = [
     "CampaignStatusReport",
     "CreatedCampaign",
+    "RunAlreadyStarted",
+    "ValidatedCampaign",
     "campaign_status",
     "create_campaign",
     "load_campaign_templates",
+    "read_campaign_file",
+    "store_campaign",
+    "validate_campaign",
 ]
-
-SAMPLE_MEMBERS = 20
 
 
 @dataclass(frozen=True)
@@ -68,97 +72,6 @@ class CreatedCampaign:
     due_at: datetime | None
 
 
-def _synthetic_members(attributes: dict[str, Any]) -> list[Member]:
-    """A member with every field set and one with every optional field empty.
-
-    Both carry ``attributes`` from a real sample member: program attributes
-    are the program's own schema, while the empty member checks that a
-    template copes with the optional fields real members leave blank.
-    """
-    now = utcnow()
-    full = Member(
-        id=0,
-        external_id="sample-full",
-        name="Ada Lovelace",
-        email="ada@example.com",
-        phone="+14155550100",
-        locale="en_US",
-        time_zone="America/New_York",
-        tier="gold",
-        points_balance=1234,
-        enrolled_at=now,
-        purchases_count=3,
-        attributes=dict(attributes),
-    )
-    empty = Member(
-        id=0,
-        external_id="sample-empty",
-        name=None,
-        email=None,
-        phone=None,
-        locale="de_DE",
-        time_zone=None,
-        tier=None,
-        points_balance=0,
-        enrolled_at=None,
-        purchases_count=0,
-        attributes=dict(attributes),
-    )
-    return [full, empty]
-
-
-def load_campaign_templates(
-    spec: CampaignSpec, search_path: Sequence[Path], source: str
-) -> dict[str, dict[str, dict[str, str]]]:
-    """The sources of every template ``spec`` renders: ``{name: {channel: {part: source}}}``.
-
-    Raises:
-        CampaignFileError: a template or one of its parts is missing or unreadable.
-    """
-    templates: dict[str, dict[str, dict[str, str]]] = {}
-    for name, channels in spec.messages().items():
-        try:
-            templates[name] = load_templates(name, channels, search_path)
-        except TemplateError as exc:
-            raise CampaignFileError(source, [Problem("template", str(exc))]) from None
-    return templates
-
-
-def _check_templates(
-    spec: CampaignSpec,
-    templates: dict[str, dict[str, dict[str, str]]],
-    samples: Sequence[Member],
-    source: str,
-) -> None:
-    renderer = Renderer(cache_size=64)
-    problems: list[Problem] = []
-    for name, sources in templates.items():
-        try:
-            renderer.check(name, sources)
-        except TemplateError as exc:
-            problem = Problem(f"template {exc.template}", _at(exc))
-            raise CampaignFileError(source, [problem]) from None
-    stub = LoadedVersion(0, 0, spec.name, 0, spec, templates)
-    for member in samples:
-        for name, channels in spec.messages().items():
-            context = {**member_context(member, stub, "UTC"), **sample_extras(spec, name)}
-            for channel in channels:
-                try:
-                    renderer.render(("check", name), name, templates[name], channel, context)
-                except TemplateError as exc:
-                    who = member.external_id
-                    where = f"template {exc.template}"
-                    problems.append(Problem(where, f"{_at(exc)} (member {who})"))
-        if problems:
-            break
-    if problems:
-        raise CampaignFileError(source, problems)
-
-
-def _at(exc: TemplateError) -> str:
-    return f"line {exc.line}: {exc.problem}" if exc.line else exc.problem
-
-
 def create_campaign(
     sessions: sessionmaker[Session],
     path: Path,
@@ -168,54 +81,40 @@ def create_campaign(
 ) -> CreatedCampaign:
     """Validate the campaign file at ``path`` and store it; see the module docstring.
 
+    Templates are searched in ``template_path``, then ``<file's folder>/templates``,
+    then the built-ins.
+
     Raises:
         CampaignFileError: the file, a template, or a sample render is wrong.
     """
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CampaignFileError(source, [Problem("(file)", f"cannot read: {exc}")]) from None
-    spec = parse_campaign(
-        text, source, attributes=program.attributes if program is not None else None
+    validated = validate_campaign(
+        sessions,
+        read_campaign_file(path),
+        str(path),
+        template_path=[*template_path, path.parent / "templates"],
+        program=program,
     )
-    templates = load_campaign_templates(spec, [*template_path, path.parent / "templates"], source)
+    return store_campaign(sessions, validated)
 
-    attributes = program.attributes if program is not None else None
-    if isinstance(spec.segment, str):
-        # A saved segment: this version keeps the rule as it is now.
-        with sessions() as session:
-            try:
-                saved, _ = load_segment(session, spec.segment, attributes=attributes)
-            except LookupError:
-                problem = Problem("segment", f"no saved segment named {spec.segment!r}")
-                raise CampaignFileError(source, [problem]) from None
-            spec = spec.model_copy(update={"segment": saved.rule})
-    if spec.trigger_segment is not None:
-        with sessions() as session:
-            try:
-                load_segment(session, spec.trigger_segment, attributes=attributes)
-            except LookupError:
-                problem = Problem("on", f"no saved segment named {spec.trigger_segment!r}")
-                raise CampaignFileError(source, [problem]) from None
-    rule = (
-        parse_rule(spec.segment, "segment", attributes=attributes)
-        if spec.segment is not None
-        else None
-    )
-    with sessions() as session:
-        samples = list(
-            session.scalars(
-                select(Member)
-                .where(audience_filter(rule))
-                .order_by(Member.id)
-                .limit(SAMPLE_MEMBERS)
-            )
-        )
-        session.expunge_all()
-    attributes = dict(samples[0].attributes or {}) if samples else {}
-    _check_templates(spec, templates, [*samples, *_synthetic_members(attributes)], source)
 
+class RunAlreadyStarted(ValueError):
+    """A one-off run has started planning or sending: its instant can no longer move."""
+
+
+def store_campaign(
+    sessions: sessionmaker[Session], validated: ValidatedCampaign, *, unstarted_only: bool = False
+) -> CreatedCampaign:
+    """Store a validated campaign as a new version (or nothing, when unchanged), with its run.
+
+    With ``unstarted_only`` (moving a one-off run) nothing is stored when a run
+    of the campaign has already started: its scheduled runs are cancelled
+    first, so a tick claiming one at the same moment either wins (and this
+    raises) or finds it cancelled.
+
+    Raises:
+        RunAlreadyStarted: ``unstarted_only`` and a run is planning, planned or completed.
+    """
+    spec, templates, text = validated.spec, validated.templates, validated.text
     digest = hashlib.sha256(text.encode()).hexdigest()
     spec_json = spec.model_dump(mode="json")
     # A one-off broadcast gets its run now; the other kinds get theirs from the
@@ -274,6 +173,19 @@ def create_campaign(
                 .where(scheduled, CampaignRun.occurrence != occurrence)
                 .values(status=RunStatus.CANCELLED)
             )
+        if unstarted_only:
+            started = session.scalar(
+                select(CampaignRun.id).where(
+                    CampaignRun.campaign_id == campaign.id,
+                    CampaignRun.status.in_(
+                        (RunStatus.PLANNING, RunStatus.PLANNED, RunStatus.COMPLETED)
+                    ),
+                )
+            )
+            if started is not None:
+                raise RunAlreadyStarted(
+                    f"run {started} of campaign {spec.name!r} has already started"
+                )
         session.execute(update(CampaignRun).where(scheduled).values(campaign_version_id=version.id))
         if occurrence is None:
             return CreatedCampaign(

@@ -27,7 +27,7 @@ from templates import TemplateError
 from .context import member_context, trigger_context
 from .policy import Skip, route
 from .quiet_hours import describe, next_opening
-from .runtime import Runtime
+from .runtime import LoadedVersion, Runtime
 from .unsubscribe import unsubscribe_url
 
 __all__ = ["Closed", "Deferred", "compose"]
@@ -66,15 +66,22 @@ def compose(
     tokens: Sequence[PushToken],
     campaign_status: str | None,
     now: datetime,
+    *,
+    version: LoadedVersion | None = None,
 ) -> Message | Closed | Deferred:
-    """Decide and render ``row``'s message, or say why it is not sent."""
+    """Decide and render ``row``'s message, or say why it is not sent.
+
+    ``version`` is the row's campaign version when the caller has it already
+    (a forecast's, which is not stored); by default it is loaded by id.
+    """
     if campaign_status == CampaignStatus.CANCELLED:
         return Closed(row.id, DeliveryStatus.SUPPRESSED, "cancelled", "campaign cancelled")
     if campaign_status == CampaignStatus.PAUSED:
         return Deferred(row.id, now + PAUSED_RECHECK, "paused", "campaign paused")
     if member is None or member.deleted_at is not None:
         return Closed(row.id, DeliveryStatus.SUPPRESSED, "member_deleted", "member deleted")
-    version = rt.version(row.campaign_version_id)
+    if version is None:
+        version = rt.version(row.campaign_version_id)
     decision = route(member, consents, tokens, row.channels.split(","), row.category)
     if isinstance(decision, Skip):
         return Closed(row.id, DeliveryStatus.SUPPRESSED, decision.reason, decision.detail)
