@@ -26,6 +26,7 @@ from store import (
 )
 
 from .campaigns import CampaignSpec
+from .reminders import make_reminder_run
 
 __all__ = ["RunMaker", "ensure_runs"]
 
@@ -33,7 +34,9 @@ __all__ = ["RunMaker", "ensure_runs"]
 RunMaker = Callable[[Session, Campaign, int, CampaignSpec, datetime], int]
 
 #: The makers, per kind; a kind without one gets no runs from the tick.
-_MAKERS: dict[str, RunMaker] = {}
+_MAKERS: dict[str, RunMaker] = {
+    "expiry_reminder": make_reminder_run,
+}
 
 
 def ensure_runs(sessions: sessionmaker[Session], now: datetime) -> int:

@@ -86,6 +86,10 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
     spec = version.spec
     # Kinds whose audience is not a segment read in id order plan in their own
     # module, which builds on this one (hence the imports here).
+    if spec.kind == "expiry_reminder":
+        from .reminders import plan_reminders
+
+        return plan_reminders(rt, run_id)
     rule = (
         parse_rule(spec.segment, "segment", attributes=rt.program.attributes)
         if spec.segment is not None

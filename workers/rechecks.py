@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from store import Consent, Delivery, Member
 
 from .compose import Closed
+from .reminders import recheck_reminders
 from .runtime import Runtime
 
 __all__ = ["Recheck", "recheck"]
@@ -37,7 +38,9 @@ Recheck = Callable[
 ]
 
 #: The checks, per campaign kind.
-_CHECKS: dict[str, Recheck] = {}
+_CHECKS: dict[str, Recheck] = {
+    "expiry_reminder": recheck_reminders,
+}
 
 
 def recheck(
