@@ -319,10 +319,12 @@ def campaigns_create(
     except CampaignFileError as exc:
         fail(f"campaign refused:\n{exc}")
     what = "created" if created.changed else "unchanged"
-    console.print(
-        f"campaign {created.name} {what} (version {created.version}); "
+    when = (
         f"run {created.run_id} due {created.due_at:%Y-%m-%d %H:%M %Z}"
+        if created.run_id is not None and created.due_at is not None
+        else "the scheduler writes its runs as they fall due"
     )
+    console.print(f"campaign {created.name} {what} (version {created.version}); {when}")
 
 
 @campaigns_app.command("status")

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select, update
 
-from scheduler import claim_due_runs
+from scheduler import claim_due_runs, tick
 from store import CampaignRun, Delivery, DeliveryStatus, PointLot, RunStatus, set_clock, utcnow
 from workers.delivery import deliver_batch
 from workers.occurrences import ensure_runs
@@ -25,6 +26,8 @@ from workers.program import CapRule, Program
 from workers.reminder_dates import drop_date, planning_horizon
 
 from .support import add_member, create, runtime_for, scripted_channels, sessions_for
+from .test_cli import _run
+from .test_pipeline import _job_args
 
 MONDAY = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 ADDRESS = {
@@ -159,6 +162,39 @@ def test_the_tick_writes_one_run_per_campaign_per_day(database_url, tmp_path, cl
     ensure_runs(sessions, utcnow())
     # Then the new run is named by the program's date
     assert [r.occurrence for r in runs(sessions)] == ["2026-11-30", "2026-12-02"]
+
+
+def test_the_tick_enqueues_the_plan_and_the_plan_one_deliver_job_per_chunk(
+    database_url, tmp_path, clock
+):
+    """The scheduler's tick claims the day's run; its plan enqueues each chunk's new rows."""
+    # Given three members with points expiring in 7 days, chunks of two rows and a broker
+    sessions = sessions_for(database_url)
+    with sessions.begin() as s:
+        members = [add_member(s, time_zone="UTC").id for _ in range(3)]
+    for member in members:
+        add_lot(sessions, member, "2026-12-07T12:00Z", 100)
+    create(sessions, reminder_file(tmp_path))
+    broker = StubBroker()
+    broker.declare_queue("plan")
+    broker.declare_queue("deliver")
+    rt = runtime_for(database_url, tmp_path, broker=broker, batch_size=2)
+    # When the scheduler ticks and the plan job runs
+    [run_id] = tick(sessions, broker)
+    assert _job_args(broker, "plan") == [run_id]
+    plan_run(rt, run_id)
+    # Then one deliver job per chunk names that chunk's rows
+    ids = [r.id for r in sorted(rows(sessions), key=lambda r: r.id)]
+    assert _job_args(broker, "deliver") == [ids[:2], ids[2:]]
+
+
+def test_campaigns_create_says_the_scheduler_writes_the_runs(tmp_path):
+    """`loyalcast campaigns create` takes a reminder campaign and says where its runs come from."""
+    result = _run(tmp_path, "campaigns", "create", str(reminder_file(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert "campaign points-expiry created (version 1); the scheduler writes its runs" in (
+        " ".join(result.stdout.split())
+    )
 
 
 # -- planning --------------------------------------------------------------------------
