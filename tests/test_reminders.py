@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from scheduler import claim_due_runs, tick
 from store import CampaignRun, Delivery, DeliveryStatus, PointLot, RunStatus, set_clock, utcnow
+from templates import CHANNEL_PARTS, Renderer, load_templates
 from workers.delivery import deliver_batch
 from workers.occurrences import ensure_runs
 from workers.planning import plan_run
@@ -576,6 +577,32 @@ def test_the_template_states_the_amount_and_date_in_the_members_locale(
     assert "Your Gold balance: 1,000 points." in sent[us]["text"]
     assert "Your balance: 2.000 points." in sent[de]["text"]
     assert sent[us]["text"].startswith("Hi Ada,")
+
+
+@pytest.mark.parametrize(("days_left", "when"), [(0, "today"), (1, "tomorrow"), (5, "in 5 days")])
+def test_the_builtin_template_renders_every_channel_for_a_member_with_empty_fields(days_left, when):
+    """Every part renders for a member without name or tier, saying when in words."""
+    sources = load_templates("points-expiry", CHANNEL_PARTS)
+    context = {
+        "member": {"first_name": None, "tier": None, "points_balance": 0},
+        "campaign": {"name": "points-expiry", "category": "service"},
+        "locale": "en_US",
+        "time_zone": "UTC",
+        "expiring_points": 120,
+        "expires_on": date(2026, 12, 3),
+        "expires_at": at("2026-12-03T23:59Z"),
+        "days_left": days_left,
+    }
+    renderer = Renderer()
+    parts = {c: renderer.render("t", "points-expiry", sources, c, context) for c in CHANNEL_PARTS}
+    assert parts["sms"]["text"] == (
+        f"Hi, 120 of your points expire {when}, on December 3, 2026. Balance: 0 pts. "
+        "Reply STOP to opt out."
+    )
+    assert parts["push"]["title"] == f"120 points expire {when}"
+    assert parts["direct_mail"]["headline"] == "120 of your points expire on December 3, 2026"
+    assert "Unsubscribe" not in parts["email"]["html"]
+    assert all(text for channel in parts.values() for text in channel.values())
 
 
 # -- caps ------------------------------------------------------------------------------
