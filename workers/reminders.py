@@ -271,8 +271,10 @@ def _write(
         ]
         if not rows:
             continue
-        stmt = insert_ignore(dialect, Delivery, rows, ["dedupe_key"])
-        new_ids = sorted(session.scalars(stmt.returning(Delivery.id)))
+        # executemany, not one VALUES list: the statement compiles once and is cached,
+        # and SQLAlchemy batches the rows ("insertmanyvalues") with RETURNING.
+        stmt = insert_ignore(dialect, deliveries, None, ["dedupe_key"])
+        new_ids = sorted(session.scalars(stmt.returning(deliveries.c.id), rows))
         if new_ids:
             yield new_ids
 
