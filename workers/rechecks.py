@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from store import Consent, Delivery, Member
 
 from .compose import Closed
-from .reminders import recheck_reminders
+from .reminder_recheck import recheck_reminders
 from .runtime import Runtime
 
 __all__ = ["Recheck", "recheck"]

@@ -30,14 +30,14 @@ Planning (:func:`plan_reminders`, dispatched by :func:`workers.planning.plan_run
     whose postal drop date has come (:mod:`workers.reminder_dates`), so the
     piece is exported early enough to arrive by its lead date (catch-up then
     applies as of today, and each later lead date in that window is planned
-    as it is). The row is
-    still one per (member, expiry date, lead) and the channel is still chosen
-    at send time in the campaign's preference order; if that choice is not
-    direct mail, the message waits in the store until its lead date begins in
-    the member's zone (``deferred``, reason ``scheduled``). Every reminder
-    keeps that rule: none arrives before its lead date in the member's zone.
+    as it is). The row is still one per (member, expiry date, lead) and the
+    channel is still chosen at send time in the campaign's preference order;
+    if that choice is not direct mail, the message waits in the store until
+    its lead date begins in the member's zone (``deferred``, reason
+    ``scheduled``). Every reminder keeps that rule: none arrives before its
+    lead date in the member's zone.
 
-At send time (:func:`recheck_reminders`, a check of :mod:`workers.rechecks`)
+At send time (:mod:`workers.reminder_recheck`, a check of :mod:`workers.rechecks`)
     One query per batch recomputes each member's unredeemed points expiring
     on the row's local date. Expired (``expires_at`` passed) or below
     ``min_points`` (redeemed since): ``suppressed``, reason
@@ -49,13 +49,13 @@ At send time (:func:`recheck_reminders`, a check of :mod:`workers.rechecks`)
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from loyalcast.settings import Settings
@@ -64,11 +64,8 @@ from segments.expiry import DueReminder, due_reminders, iter_expiring
 from store import (
     Campaign,
     CampaignRun,
-    Consent,
-    Delivery,
     DeliveryStatus,
     Member,
-    PointLot,
     RunStatus,
     affected_rows,
     insert_ignore,
@@ -76,7 +73,6 @@ from store import (
 )
 
 from .campaigns import CampaignSpec
-from .compose import Closed
 from .jobs import chunked, enqueue_deliver
 from .ledger import deliveries
 from .planning import PlanResult
@@ -86,14 +82,11 @@ from .reminder_dates import POSTAL_CHANNEL, planning_horizon
 from .runs import write_run
 from .runtime import LoadedVersion, Runtime, program_for
 
-__all__ = ["make_reminder_run", "plan_reminders", "recheck_reminders", "reminder_key"]
+__all__ = ["make_reminder_run", "plan_reminders", "reminder_key"]
 
 log = structlog.get_logger(__name__)
 
 _DAY = timedelta(days=1)
-
-#: What a row's trigger no longer being true is recorded as.
-NO_LONGER_DUE = "no_longer_due"
 
 
 def reminder_key(
@@ -328,86 +321,3 @@ def _rows_of(
             "payload": payload,
         }
     ]
-
-
-# -- at send time ----------------------------------------------------------------------
-
-
-def recheck_reminders(
-    session: Session,
-    rt: Runtime,
-    rows: Sequence[Delivery],
-    members: Mapping[int, Member],
-    consents: Mapping[int, Mapping[str, Consent]],
-    now: datetime,
-) -> list[Closed]:
-    """End the reminders whose points expired or were redeemed; refresh the others' amounts.
-
-    One query for the batch reads the unredeemed, unexpired lots of its
-    members; each lot counts on its local date in the member's zone, as
-    :mod:`segments.expiry` counted it when planning.
-    """
-    default_zone = rt.program.default_time_zone
-    closed: list[Closed] = []
-    live: list[tuple[Delivery, date]] = []
-    for row in rows:
-        member = members.get(row.member_id)
-        if not row.payload or member is None or member.deleted_at is not None:
-            continue  # compose records a deleted member
-        expires_at = datetime.fromisoformat(row.payload["expires_at"])
-        if expires_at <= now:
-            detail = f"expired: the points expired at {expires_at.astimezone(UTC):%Y-%m-%d %H:%M}Z"
-            closed.append(Closed(row.id, DeliveryStatus.SUPPRESSED, NO_LONGER_DUE, detail))
-        else:
-            live.append((row, date.fromisoformat(row.payload["expiry_date"])))
-    if not live:
-        return closed
-    zones = {
-        row.member_id: resolve_zone(members[row.member_id].time_zone, default_zone)
-        for row, _ in live
-    }
-    until = datetime.combine(max(day for _, day in live) + timedelta(days=2), time(), UTC)
-    remaining: dict[tuple[int, date], tuple[int, datetime]] = {}
-    lots = select(PointLot.member_id, PointLot.expires_at, PointLot.points - PointLot.redeemed)
-    for member_id, lot_expires_at, points in session.execute(
-        lots.where(
-            PointLot.member_id.in_(zones),
-            PointLot.points > PointLot.redeemed,
-            PointLot.expires_at > now,
-            PointLot.expires_at < until,
-        )
-    ):
-        if lot_expires_at is None:  # excluded by the WHERE; tells the type checker
-            continue
-        day = lot_expires_at.astimezone(zones[member_id]).date()
-        total, earliest = remaining.get((member_id, day), (0, lot_expires_at))
-        remaining[(member_id, day)] = (total + int(points), min(earliest, lot_expires_at))
-    refreshed: list[dict[str, Any]] = []
-    for row, day in live:
-        min_points = rt.version(row.campaign_version_id).spec.reminder_min_points
-        points, earliest = remaining.get((row.member_id, day), (0, now))
-        if points < min_points:
-            detail = (
-                f"redeemed: {points} points left expiring on {day.isoformat()}, "
-                f"below min_points {min_points}"
-            )
-            closed.append(Closed(row.id, DeliveryStatus.SUPPRESSED, NO_LONGER_DUE, detail))
-            continue
-        local_today = now.astimezone(zones[row.member_id]).date()
-        payload = {
-            **(row.payload or {}),
-            "points": points,
-            "expires_at": earliest.astimezone(UTC).isoformat(),
-            "days_left": (day - local_today).days,
-        }
-        if payload != row.payload:
-            row.payload = payload  # the deliver job renders from this (detached) row
-            refreshed.append({"b_id": row.id, "b_payload": payload})
-    if refreshed:
-        session.execute(
-            update(deliveries)
-            .where(deliveries.c.id == bindparam("b_id"))
-            .values(payload=bindparam("b_payload")),
-            refreshed,
-        )
-    return closed
