@@ -356,6 +356,8 @@ def _runs_to_come(file: Path) -> str:
     if spec.trigger_segment is not None:
         every = format_duration(spec.snapshot_every)
         return f"watching segment {spec.trigger_segment} every {every}"
+    if spec.kind == "expiry_reminder":
+        return "the scheduler writes its runs, one each day"
     return "its runs come from the scheduler as they fall due"
 
 

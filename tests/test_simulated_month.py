@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select, update
+from workers.sequences import enroll
 
 from channels.fakes.sendgrid import DEFAULT_API_KEY, FakeSendGrid
 from channels.fakes.twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
@@ -50,7 +51,6 @@ from store import (
 from workers.catalog import create_campaign
 from workers.program import parse_program
 from workers.runtime import Runtime
-from workers.sequences import enroll
 
 from .month import Simulation
 
@@ -217,7 +217,9 @@ def test_a_month_of_reminders_sequences_and_weekly_broadcasts_keeps_every_promis
                         redeemed[member_id] = (now, {lot.expires_at})
 
             for i in range(ENROLLEES):
-                sim.at(START + timedelta(seconds=rng.randint(0, 27 * 86400)), lambda i=i: newcomer(i))
+                sim.at(
+                    START + timedelta(seconds=rng.randint(0, 27 * 86400)), lambda i=i: newcomer(i)
+                )
             sim.at(START + timedelta(days=12), redeem)
             sim.run_until(END, STEP)
 
@@ -327,9 +329,7 @@ def _check_reminders(rows, members, redeemed) -> None:
 def _check_welcome(sessions, rows, members, enrolled_at) -> None:
     steps = [r for r in rows if r["campaign"] == "welcome"]
     with sessions() as session:
-        enrollments = {
-            e.id: e for e in session.scalars(select(Enrollment)).all()
-        }
+        enrollments = {e.id: e for e in session.scalars(select(Enrollment)).all()}
     assert {e.member_id for e in enrollments.values()} == set(enrolled_at)
     assert len(steps) == 3 * len(enrollments)
     offsets = {0: timedelta(0), 1: timedelta(days=2), 2: timedelta(days=7)}

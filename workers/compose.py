@@ -4,7 +4,8 @@
 :class:`~channels.Message` to send, a :class:`Closed` outcome to record
 (suppressed with the policy's reason, or failed with the template's error), or
 a :class:`Deferred` one (quiet hours: the message waits in the store until the
-member's window opens, never dropped). It reads only what the deliver job
+member's window opens, never dropped; an expiry reminder before its lead date,
+see :mod:`workers.reminder_dates`). It reads only what the deliver job
 loaded in bulk, so it does no I/O of its own.
 
 Quiet hours apply to ``marketing`` and ``service`` messages on the chosen
@@ -27,6 +28,7 @@ from templates import TemplateError
 from .context import member_context, trigger_context
 from .policy import Skip, route
 from .quiet_hours import describe, next_opening
+from .reminder_dates import lead_date_wait, reminder_deadline
 from .runtime import LoadedVersion, Runtime
 from .unsubscribe import unsubscribe_url
 
@@ -87,6 +89,13 @@ def compose(
         return Closed(row.id, DeliveryStatus.SUPPRESSED, decision.reason, decision.detail)
     program = rt.program
     zone = member.time_zone or program.default_time_zone
+    reminder = row.payload if version.spec.kind == "expiry_reminder" else None
+    if reminder is not None:
+        wait = lead_date_wait(
+            reminder, decision.channel, member.time_zone, program.default_time_zone, now
+        )
+        if wait is not None:
+            return Deferred(row.id, wait[0], "scheduled", wait[1])
     if row.category != "transactional":
         window = version.spec.quiet_hours_for(decision.channel, program)
         until = (
@@ -106,6 +115,8 @@ def compose(
         "max_sms_segments": version.spec.max_sms_segments,
         **decision.metadata,
     }
+    if reminder is not None:
+        metadata["deadline"] = reminder_deadline(reminder)  # caps defer, not suppress
     context = {
         **member_context(member, version, program.default_time_zone),
         **trigger_context(version.spec, row.payload),

@@ -6,7 +6,8 @@ Besides the member, a delivery's trigger adds keys of its own
 - an expiry reminder: ``expiring_points`` (int, the points still unredeemed
   that expire on the date), ``expires_on`` (the member-local expiry date, a
   ``date``: format it with ``|date``), ``expires_at`` (the instant the first
-  of them go) and ``days_left`` (the reminder's lead time in days);
+  of them go) and ``days_left`` (days from the member's today to the expiry
+  date when sent: the lead time, or fewer after a catch-up);
 - a welcome-sequence step: ``step`` (1 for the first) and ``steps`` (how many).
 """
 
@@ -65,7 +66,7 @@ def trigger_context(spec: CampaignSpec, payload: Mapping[str, Any] | None) -> di
             "expiring_points": int(payload["points"]),
             "expires_on": date.fromisoformat(payload["expiry_date"]),
             "expires_at": datetime.fromisoformat(payload["expires_at"]),
-            "days_left": int(payload["lead_days"]),
+            "days_left": int(payload.get("days_left", payload["lead_days"])),
         }
     if spec.kind == "welcome_sequence" and "step" in payload:
         return {"step": int(payload["step"]) + 1, "steps": len(spec.steps or [])}

@@ -27,6 +27,7 @@ from store import (
 
 from .campaigns import CampaignSpec
 from .recurrence import make_broadcast_runs
+from .reminders import make_reminder_run
 from .triggers import make_trigger_runs
 
 __all__ = ["RunMaker", "ensure_runs"]
@@ -38,6 +39,7 @@ RunMaker = Callable[[Session, Campaign, int, CampaignSpec, datetime], int]
 _MAKERS: dict[str, RunMaker] = {
     "broadcast": make_broadcast_runs,  # cron occurrences; one-off broadcasts do nothing here
     "triggered": make_trigger_runs,
+    "expiry_reminder": make_reminder_run,
 }
 
 

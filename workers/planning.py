@@ -91,6 +91,10 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
     spec = version.spec
     # Kinds whose audience is not a segment read in id order plan in their own
     # module, which builds on this one (hence the imports here).
+    if spec.kind == "expiry_reminder":
+        from .reminders import plan_reminders
+
+        return plan_reminders(rt, run_id)
     if spec.kind == "triggered":
         from .triggers import plan_triggered
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from store import Consent, Delivery, Member
 
 from .compose import Closed
+from .reminder_recheck import recheck_reminders
 from .runtime import Runtime
 from .triggers import recheck_triggered
 
@@ -41,6 +42,7 @@ Recheck = Callable[
 #: The checks, per campaign kind.
 _CHECKS: dict[str, Recheck] = {
     "triggered": recheck_triggered,
+    "expiry_reminder": recheck_reminders,
 }
 
 
