@@ -20,6 +20,7 @@ from store import Consent, Delivery, Member
 
 from .compose import Closed
 from .runtime import Runtime
+from .sequence_checks import check_sequence_rows
 
 __all__ = ["Recheck", "recheck"]
 
@@ -38,6 +39,7 @@ Recheck = Callable[
 
 #: The checks, per campaign kind.
 _CHECKS: dict[str, Recheck] = {}
+_CHECKS["welcome_sequence"] = check_sequence_rows
 
 
 def recheck(
