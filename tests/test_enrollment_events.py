@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -259,3 +260,26 @@ def test_another_service_enrolls_members_with_a_raw_dramatiq_message(
     dead = client.hvals(f"{redis_namespace}:events.XQ.msgs")
     client.close()
     assert [dramatiq.Message.decode(d).kwargs for d in dead] == [{"external_ids": "M1"}]
+
+
+def test_a_sequence_is_created_and_test_sent_step_by_step_from_the_cli(sqlite_url, tmp_path):
+    """`campaigns create` stores a sequence (no run); `test-send --step 2` sends step 2."""
+    sessions = sessions_for(sqlite_url)
+    [member] = _members(sessions, 1, consents={"email": "opted_in", "sms": "opted_in"})
+    path = write_sequence(tmp_path)
+    created = _cli(tmp_path, sqlite_url, "campaigns", "create", str(path))
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == (
+        "campaign welcome created (version 1); it runs as its events and schedule come"
+    )
+    sent = _cli(
+        tmp_path, sqlite_url, "campaigns", "test-send", str(path), "--to", member, "--step", "2"
+    )
+    assert sent.returncode == 0, sent.stderr
+    [line] = (tmp_path / "data" / "outbox" / "sms.jsonl").read_text().splitlines()
+    assert json.loads(line)["parts"]["text"] == "[TEST] Step 2 of 3 for Member"
+    too_far = _cli(
+        tmp_path, sqlite_url, "campaigns", "test-send", str(path), "--to", member, "--step", "4"
+    )
+    assert too_far.returncode == 1
+    assert "steps: no step 4: the sequence has 3" in too_far.stderr

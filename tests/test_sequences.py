@@ -401,3 +401,14 @@ def test_members_outside_the_segment_or_deleted_are_not_enrolled(database_url, t
         (gone, "deleted"),
     }
     world.rt.close()
+
+
+def test_the_built_in_welcome_template_is_accepted_for_a_sequence(database_url, tmp_path):
+    """`welcome-1` renders for members without an enrollment date: a sequence may use it."""
+    path = tmp_path / "builtin.yaml"
+    path.write_text(
+        "name: builtin\nkind: welcome_sequence\ncategory: marketing\n"
+        "steps:\n  - {after: 0m, channels: [email, sms, push], template: welcome-1}\n"
+    )
+    created = create(sessions_for(database_url), path)
+    assert (created.name, created.run_id) == ("builtin", None)
