@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from store import Delivery, DeliveryStatus, Enrollment, EnrollmentStatus, utcnow
@@ -126,15 +126,30 @@ def step_rows(
 
 
 def finish(session: Session, now: datetime, enrollment_ids: Iterable[int] | None) -> list[int]:
-    """Mark active enrollments with no open row as finished; return their ids."""
-    stmt = update(Enrollment).where(
-        Enrollment.status == EnrollmentStatus.ACTIVE,
-        ~exists().where(
-            Delivery.enrollment_id == Enrollment.id, Delivery.status.in_(OPEN_STATUSES)
-        ),
-    )
-    if enrollment_ids is not None:
-        stmt = stmt.where(Enrollment.id.in_(list(enrollment_ids)))
+    """Mark active enrollments with no open row as finished; return their ids.
+
+    With ``enrollment_ids`` the open rows are looked up by the ``enrollment_id``
+    index first (a correlated NOT EXISTS over a fresh, unanalyzed table may be
+    planned as a scan); without, one set-wise UPDATE covers every enrollment.
+    """
+    stmt = update(Enrollment).where(Enrollment.status == EnrollmentStatus.ACTIVE)
+    if enrollment_ids is None:
+        stmt = stmt.where(
+            ~exists().where(
+                Delivery.enrollment_id == Enrollment.id, Delivery.status.in_(OPEN_STATUSES)
+            )
+        )
+    else:
+        ids = set(enrollment_ids)
+        still_open = session.scalars(
+            select(Delivery.enrollment_id)
+            .where(Delivery.enrollment_id.in_(ids), Delivery.status.in_(OPEN_STATUSES))
+            .distinct()
+        )
+        ids.difference_update(still_open)
+        if not ids:
+            return []
+        stmt = stmt.where(Enrollment.id.in_(ids))
     finished = stmt.values(status=EnrollmentStatus.FINISHED, ended_at=now).returning(Enrollment.id)
     return list(session.scalars(finished))
 

@@ -41,11 +41,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Table, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from segments import Rule, audience_filter, parse_rule
@@ -88,8 +88,6 @@ log = structlog.get_logger(__name__)
 
 #: Members per transaction: a few statements each, whatever the chunk's size.
 ENROLL_CHUNK = 500
-#: Delivery rows per INSERT (about 20 bound parameters each).
-ROWS_PER_INSERT = 500
 KIND = "welcome_sequence"
 
 
@@ -284,6 +282,10 @@ def _enroll_chunk(
 ) -> list[int]:
     """Enroll one chunk of members in one sequence; return the ids of rows due now."""
     spec = sequence.spec
+    if session.get_bind().dialect.name == "postgresql":
+        # As in the member importer: a large enrollment grows these tables within one call,
+        # and a generic plan cached while they were small (a scan) would stay in use.
+        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
     def skip(member_id: int, reason: str) -> None:
         result.skipped.append(NotEnrolled(sequence.name, member_id, names[member_id], reason))
@@ -336,10 +338,14 @@ def _enroll_chunk(
     if not wanted:
         return []
     dialect = session.get_bind().dialect.name
+    # executemany with RETURNING: compiled once, sent as batched multi-row INSERTs by
+    # SQLAlchemy ("insertmanyvalues"); a literal multi-row VALUES would be compiled per chunk.
+    enrollments = cast(Table, Enrollment.__table__)
     inserted = session.execute(
-        insert_ignore(dialect, Enrollment, wanted, ["campaign_id", "member_id", "cycle"]).returning(
-            Enrollment.id, Enrollment.member_id, Enrollment.cycle
-        )
+        insert_ignore(dialect, enrollments, None, ["campaign_id", "member_id", "cycle"]).returning(
+            enrollments.c.id, enrollments.c.member_id, enrollments.c.cycle
+        ),
+        wanted,
     ).all()
     won = {member_id for _, member_id, _ in inserted}
     for row in wanted:
@@ -356,9 +362,12 @@ def _enroll_chunk(
             )
         )
     due: list[int] = []
-    for part in chunked(rows, ROWS_PER_INSERT):
-        stmt = insert_ignore(dialect, Delivery, part, ["dedupe_key"])
-        for delivery_id, status in session.execute(stmt.returning(Delivery.id, Delivery.status)):
-            if status == DeliveryStatus.PENDING:
-                due.append(delivery_id)
+    if not rows:
+        return []
+    deliveries = cast(Table, Delivery.__table__)
+    stmt = insert_ignore(dialect, deliveries, None, ["dedupe_key"])
+    returning = stmt.returning(deliveries.c.id, deliveries.c.status)
+    for delivery_id, status in session.execute(returning, rows):
+        if status == DeliveryStatus.PENDING:
+            due.append(delivery_id)
     return sorted(due)
