@@ -78,6 +78,26 @@ def test_post_enrollment_enrolls_a_member_and_answers_202_with_what_was_done(api
     assert [(r.status, r.enqueued_at) for r in rows[:1]] == [("pending", None)]
 
 
+@pytest.mark.redis
+def test_with_redis_configured_the_api_enqueues_the_steps_due_now(
+    database_url, redis_url, redis_namespace, tmp_path
+):
+    """Step 1 (after 0m) is handed to the workers at once, not left for the next sweep."""
+    overrides = {"api_token": TOKEN, "redis_url": redis_url, "queue_namespace": redis_namespace}
+    with start_api(database_url, tmp_path, **overrides) as a:
+        create(a.sessions, write_sequence(tmp_path))
+        [member] = _members(a.sessions, 1)
+        assert _post(a, {"member": member}).status_code == 202
+        with a.sessions() as s:
+            first = s.scalars(select(Delivery).order_by(Delivery.id)).first()
+    client = redis.Redis.from_url(redis_url)
+    queued = [dramatiq.Message.decode(m) for m in client.hvals(f"{redis_namespace}:deliver.msgs")]
+    client.close()
+    assert first is not None
+    assert first.enqueued_at is not None
+    assert [(m.actor_name, m.args) for m in queued] == [("deliver", ([first.id],))]
+
+
 def test_post_enrollment_takes_a_list_of_members(api):
     members = _members(api.sessions, 3)
     reply = _post(api, {"members": members})
