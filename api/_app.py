@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,13 +18,15 @@ from starlette.routing import Route
 from loyalcast.settings import Settings
 from store import make_engine, make_sessionmaker
 
-from . import _campaigns, _openapi, _sendgrid, _twilio, _unsubscribe
+from . import _campaigns, _events, _openapi, _sendgrid, _twilio, _unsubscribe
 from ._common import Context, context, log
 
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> Starlette:
+def create_app(
+    settings: Settings, sessions: sessionmaker[Session] | None = None, broker: Any = None
+) -> Starlette:
     """Build the HTTP API.
 
     Routes:
@@ -32,6 +35,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     - ``POST /webhooks/twilio/inbound``: inbound SMS keywords (TwiML).
     - ``POST /webhooks/sendgrid/events``: the signed Event Webhook (200).
     - ``GET``/``POST /unsubscribe/{token}``: confirmation page / unsubscribe.
+    - ``POST /events/enrollment``: start welcome sequences (bearer token; 202).
     - ``GET /healthz``: ``ok`` once the database answers.
     - ``/campaigns...``: the campaign API (:mod:`api._campaigns`), bearer token.
     - ``GET /openapi.json``: the campaign API's OpenAPI 3.1 document.
@@ -43,6 +47,9 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         settings: the configuration (secrets, ``public_url``, signing key).
         sessions: sessions on the store; by default an engine on
             ``settings.effective_database_url``, disposed at shutdown.
+        broker: where event intake enqueues work that is due at once; by
+            default a broker on ``LOYALCAST_REDIS_URL`` when it is set (closed
+            at shutdown), else none (the sweeper enqueues that work).
 
     Returns:
         The Starlette application.
@@ -60,10 +67,20 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         sendgrid_key_problem=problem,
     )
 
+    own_broker = broker is None and bool(settings.redis_url)
+    if own_broker:
+        from workers import make_broker
+
+        broker = make_broker(settings)
+
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
         _campaigns.close_runtime(_app.state)
+        if own_broker:
+            from workers import close_broker
+
+            close_broker(broker)
         if engine is not None:
             engine.dispose()
 
@@ -74,6 +91,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
             Route("/webhooks/sendgrid/events", _sendgrid.events, methods=["POST"]),
             Route("/unsubscribe/{token}", _unsubscribe.confirm_page, methods=["GET"]),
             Route("/unsubscribe/{token}", _unsubscribe.unsubscribe, methods=["POST"]),
+            Route("/events/enrollment", _events.enrollment, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/campaigns/validate", _campaigns.validate, methods=["POST"]),
             Route("/campaigns/forecast", _campaigns.forecast_campaign, methods=["POST"]),
@@ -88,6 +106,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         lifespan=lifespan,
     )
     app.state.loyalcast = ctx
+    app.state.loyalcast_broker = broker
     return app
 
 

@@ -141,11 +141,21 @@ def members_import(
             help="Country for phone numbers without +code (default LOYALCAST_DEFAULT_REGION)."
         ),
     ] = None,
+    no_enroll: Annotated[
+        bool,
+        typer.Option(
+            "--no-enroll",
+            help="Do not start welcome sequences for the members this import creates "
+            "(use it to load an existing member base).",
+        ),
+    ] = False,
 ) -> None:
     """Import or update members (upsert on external_id).
 
     Every row is validated whole before any of it is written; a bad row is
     reported with its line number and field. All-or-nothing by default.
+    Members the import creates (not the ones it updates) are enrolled in the
+    active welcome sequences unless --no-enroll is given.
     """
     from rich.progress import Progress
 
@@ -174,10 +184,69 @@ def members_import(
         f"{report.rows} rows: {report.inserted} inserted, {report.updated} updated, "
         f"{report.skipped} skipped, {len(report.errors)} with errors"
     )
+    if report.created_ids and not no_enroll:
+        _enroll_and_report(settings, report.created_ids, source="import")
     if report.errors and not skip_bad:
         fail("nothing was written (all-or-nothing); fix the rows above or use --skip-bad")
     if report.errors:
         raise typer.Exit(1)
+
+
+@members_app.command("enroll")
+def members_enroll(
+    external_ids: Annotated[
+        list[str], typer.Argument(help="The members' external ids.", show_default=False)
+    ],
+    campaign: Annotated[
+        str | None,
+        typer.Option(help="Only this welcome sequence (default: every active one)."),
+    ] = None,
+) -> None:
+    """Start welcome sequences for members, as an enrollment event would.
+
+    A member already in a sequence gets nothing new; one whose sequence ended
+    starts it again only if the campaign says `restart: true`. An unknown
+    external id stops the command before anyone is enrolled.
+    """
+    from workers.sequences import CampaignNotEnrollable, UnknownCampaign, UnknownMembers
+
+    settings = load_settings()
+    try:
+        _enroll_and_report(settings, external_ids, source="cli", campaign=campaign)
+    except (UnknownMembers, UnknownCampaign, CampaignNotEnrollable) as exc:
+        fail(f"{exc}; nobody was enrolled")
+
+
+def _enroll_and_report(
+    settings: Settings, members: Any, *, source: str, campaign: str | None = None
+) -> None:
+    """Enroll ``members`` and print who started which sequence and who did not, and why."""
+    from collections import Counter
+
+    from workers import close_broker, make_broker
+    from workers.sequences import enroll
+
+    broker = make_broker(settings) if settings.redis_url else None
+    try:
+        result = enroll(
+            _sessions(settings),
+            members,
+            source=source,
+            campaign=campaign,
+            broker=broker,
+            attributes=load_program(settings).attributes,
+        )
+    finally:
+        if broker is not None:
+            close_broker(broker)
+    per_campaign = Counter(e.campaign for e in result.enrolled)
+    for name, n in sorted(per_campaign.items()):
+        console.print(f"{n} members enrolled in {name}")
+    reasons = Counter((s.campaign, s.reason) for s in result.skipped)
+    for (name, reason), n in sorted(reasons.items()):
+        console.print(f"{n} members not enrolled in {name}: {reason.replace('_', ' ')}")
+    if not result.enrolled and not result.skipped:
+        console.print("no active welcome sequence: nobody was enrolled")
 
 
 @members_app.command("why")
@@ -356,6 +425,8 @@ def _runs_to_come(file: Path) -> str:
     if spec.trigger_segment is not None:
         every = format_duration(spec.snapshot_every)
         return f"watching segment {spec.trigger_segment} every {every}"
+    if spec.kind == "welcome_sequence":
+        return "steps are written as members enroll"
     if spec.kind == "expiry_reminder":
         return "the scheduler writes its runs, one each day"
     return "its runs come from the scheduler as they fall due"
@@ -479,6 +550,9 @@ def campaigns_test_send(
     templates: Annotated[
         list[Path] | None, typer.Option("--templates", help="Folder of template folders.")
     ] = None,
+    step: Annotated[
+        int, typer.Option("--step", help="A welcome sequence's step (1 for the first).", min=1)
+    ] = 1,
 ) -> None:
     """Render a campaign for one member and send it to them alone, marked [TEST].
 
@@ -493,7 +567,9 @@ def campaigns_test_send(
     _sessions(settings)
     runtime = Runtime(settings, program=load_program(settings))
     try:
-        message, outcome = send_trial(runtime, file, to, template_path=templates or ())
+        message, outcome = send_trial(
+            runtime, file, to, template_path=templates or (), step=step - 1
+        )
         mode = "live" if runtime.channels[message.channel].live else "outbox"
     except CampaignFileError as exc:
         fail(f"campaign refused:\n{exc}")
@@ -609,7 +685,7 @@ def worker(
     processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per process.")] = None,
 ) -> None:
-    """Run dramatiq workers for plan, deliver and sweep jobs (needs LOYALCAST_REDIS_URL)."""
+    """Run dramatiq workers for plan, deliver, sweep and enroll jobs (needs LOYALCAST_REDIS_URL)."""
     from workers.jobs import QUEUES
 
     settings = load_settings()

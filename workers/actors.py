@@ -1,4 +1,4 @@
-"""The actors, declared on a given broker: plan, deliver and sweep.
+"""The actors, declared on a given broker: plan, deliver, sweep and enroll.
 
 Each takes ids only and is idempotent: running a job twice (a redelivery
 after a worker died, a sweep that re-enqueued it) changes nothing twice.
@@ -12,7 +12,8 @@ from typing import Any
 import dramatiq
 
 from .delivery import deliver_batch
-from .jobs import DELIVER, PLAN, SWEEP
+from .enrollment_events import enroll_event
+from .jobs import DELIVER, ENROLL, PLAN, SWEEP
 from .planning import plan_run
 from .runtime import Runtime
 from .sweeping import sweep
@@ -21,7 +22,7 @@ __all__ = ["declare_actors"]
 
 
 def declare_actors(broker: dramatiq.Broker, rt: Runtime) -> dict[str, Any]:
-    """Declare plan, deliver and sweep on ``broker``, bound to ``rt``."""
+    """Declare plan, deliver, sweep and enroll on ``broker``, bound to ``rt``."""
 
     def declare(spec: tuple[str, str], fn: Callable[..., Any], **options: Any) -> Any:
         name, queue = spec
@@ -36,8 +37,12 @@ def declare_actors(broker: dramatiq.Broker, rt: Runtime) -> dict[str, Any]:
     def sweep_(*_: Any) -> None:
         sweep(rt)
 
+    def enroll(*args: Any, **kwargs: Any) -> None:
+        enroll_event(rt, *args, **kwargs)
+
     return {
         "plan": declare(PLAN, plan),
         "deliver": declare(DELIVER, deliver),
         "sweep": declare(SWEEP, sweep_, max_retries=0),
+        "enroll": declare(ENROLL, enroll),
     }

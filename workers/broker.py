@@ -1,7 +1,8 @@
 """The dramatiq broker and its middleware, listed explicitly.
 
 Retries: a job is retried on any exception except the ones that mean "the
-input is wrong" (``LookupError`` for a run or delivery that does not exist),
+input is wrong" (``LookupError`` for a run or delivery that does not exist,
+:class:`~workers.jobs.InvalidMessage` for a malformed message),
 with exponential backoff. Rate-limit and quiet-hour waits are not retries:
 they are recorded in the store as ``deferred`` rows, so they never use up a
 job's retry budget (the dramatiq 2.x trap in DESIGN.md).
@@ -25,6 +26,8 @@ from dramatiq.middleware import (
 
 from loyalcast.settings import Settings
 
+from .jobs import InvalidMessage
+
 __all__ = ["JOB_TIME_LIMIT_MS", "MAX_JOB_RETRIES", "close_broker", "make_broker"]
 
 #: A deliver job of a thousand rows must finish well inside this; every
@@ -35,7 +38,7 @@ MAX_JOB_RETRIES = 10
 
 
 def _retry_when(retries: int, exc: BaseException) -> bool:
-    if isinstance(exc, LookupError):
+    if isinstance(exc, (LookupError, InvalidMessage)):
         return False
     return retries < MAX_JOB_RETRIES
 

@@ -49,6 +49,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -57,7 +58,7 @@ from channels import CHANNEL_NAMES
 from segments import RuleError, parse_rule
 
 from .program import Program, QuietHours
-from .schedules import Schedule, parse_duration
+from .schedules import Schedule, format_duration, parse_duration
 from .yamlfile import Problem
 from .yamlfile import dotted as _dotted
 from .yamlfile import line_map as _line_map
@@ -143,6 +144,11 @@ class Step(BaseModel):
         if after > timedelta(days=366):
             raise ValueError("a step comes at most 366d after enrollment")
         return after
+
+    @field_serializer("after", when_used="json")
+    def _after_text(self, after: timedelta) -> str:
+        # Stored as written (``2d``), so a stored spec validates again when loaded.
+        return format_duration(after)
 
     @field_validator("template")
     @classmethod

@@ -14,11 +14,14 @@ import dramatiq
 
 __all__ = [
     "DELIVER",
+    "ENROLL",
     "PLAN",
     "QUEUES",
     "SWEEP",
+    "InvalidMessage",
     "chunked",
     "enqueue_deliver",
+    "enqueue_enroll",
     "enqueue_plan",
     "enqueue_sweep",
 ]
@@ -26,8 +29,15 @@ __all__ = [
 PLAN = ("plan", "plan")
 DELIVER = ("deliver", "deliver")
 SWEEP = ("sweep", "maintenance")
+#: Enrollment events from other services (see ``workers.enrollment_events``).
+ENROLL = ("enroll", "events")
 #: Every queue a worker consumes.
-QUEUES = ("plan", "deliver", "maintenance")
+QUEUES = ("plan", "deliver", "maintenance", "events")
+
+
+class InvalidMessage(ValueError):
+    """A message that can never succeed as written (bad arguments): not retried."""
+
 
 T = TypeVar("T")
 
@@ -57,6 +67,19 @@ def enqueue_deliver(
 def enqueue_sweep(broker: dramatiq.Broker, *, max_age_ms: int) -> None:
     """Ask a worker to sweep stale and due rows; dropped if not started within ``max_age_ms``."""
     broker.enqueue(_message(SWEEP, (), max_age=max_age_ms))
+
+
+def enqueue_enroll(
+    broker: dramatiq.Broker, external_ids: Sequence[str], campaign: str | None = None
+) -> None:
+    """Enroll these members (external ids) in the welcome sequences, or in ``campaign``."""
+    kwargs: dict[str, object] = {"external_ids": list(external_ids)}
+    if campaign is not None:
+        kwargs["campaign"] = campaign
+    name, queue = ENROLL
+    broker.enqueue(
+        dramatiq.Message(queue_name=queue, actor_name=name, args=(), kwargs=kwargs, options={})
+    )
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:

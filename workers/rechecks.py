@@ -22,6 +22,7 @@ from store import Consent, Delivery, Member
 from .compose import Closed
 from .reminder_recheck import recheck_reminders
 from .runtime import Runtime
+from .sequence_checks import check_sequence_rows
 from .triggers import recheck_triggered
 
 __all__ = ["Recheck", "recheck"]
@@ -43,6 +44,7 @@ Recheck = Callable[
 _CHECKS: dict[str, Recheck] = {
     "triggered": recheck_triggered,
     "expiry_reminder": recheck_reminders,
+    "welcome_sequence": check_sequence_rows,
 }
 
 

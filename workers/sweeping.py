@@ -9,7 +9,9 @@ Run on a timer by the scheduler leader (as a job on the ``maintenance`` queue):
    and ``deferred`` rows whose time has come, are enqueued again in batches.
 3. Runs stuck in ``planning`` (no planning progress for a lease) get a new
    plan job; planning resumes from its cursor.
-4. Planned runs with no open row left are marked completed.
+4. Planned runs with no open row left are marked completed, and welcome
+   sequence enrollments with no open row left are marked finished
+   (:func:`workers.sequence_steps.finish_enrollments`).
 
 Every step is a conditional UPDATE, so two sweeps at once change nothing twice,
 and a row enqueued twice is still claimed once by the deliver job.
@@ -28,6 +30,7 @@ from store import CampaignRun, Delivery, DeliveryStatus, RunStatus, affected_row
 from .jobs import chunked, enqueue_deliver, enqueue_plan
 from .leases import expire_leases
 from .runtime import Runtime
+from .sequence_steps import finish_enrollments
 
 __all__ = ["SWEEP_LIMIT", "SweepResult", "sweep"]
 
@@ -46,10 +49,11 @@ class SweepResult:
     requeued: int
     replanned: int
     completed_runs: int
+    finished_enrollments: int = 0
 
 
 def sweep(rt: Runtime) -> SweepResult:
-    """Run the four sweeps once; see the module docstring."""
+    """Run the sweeps once; see the module docstring."""
     now = utcnow()
     stale = now - timedelta(seconds=rt.settings.lease_seconds)
     with rt.sessions.begin() as session:
@@ -104,7 +108,9 @@ def sweep(rt: Runtime) -> SweepResult:
                 .values(status=RunStatus.COMPLETED, completed_at=now)
             )
         )
-    result = SweepResult(expired, len(due), len(stuck), completed)
-    if any((result.expired_leases, result.requeued, result.replanned, result.completed_runs)):
+    with rt.sessions.begin() as session:
+        finished = finish_enrollments(session, now)
+    result = SweepResult(expired, len(due), len(stuck), completed, finished)
+    if any(result.__dict__.values()):
         log.info("swept", **result.__dict__)
     return result

@@ -25,7 +25,7 @@ from templates import TemplateError
 
 from .campaigns import CampaignFileError, Problem, parse_campaign
 from .catalog import load_campaign_templates
-from .context import member_context, sample_extras
+from .context import member_context, sample_extras, trigger_context
 from .policy import Skip, route
 from .runtime import LoadedVersion, Runtime
 from .unsubscribe import unsubscribe_url
@@ -88,7 +88,8 @@ def send_trial(
     zone = found.time_zone or rt.program.default_time_zone
     context = {
         **member_context(found, version, rt.program.default_time_zone),
-        **sample_extras(spec, template),
+        # A sequence's step number is the one asked for, not the first using the template.
+        **(trigger_context(spec, payload) if payload else sample_extras(spec, template)),
     }
     metadata = {"test": True, "time_zone": zone, **decision.metadata}
     if decision.channel == "email" and rt.settings.public_url:

@@ -69,6 +69,8 @@ class ImportReport:
             row when ``all-or-nothing`` found an error.
         errors: the first :data:`MAX_LISTED_ERRORS` problems, in file order.
         errors_omitted: how many more problems there were beyond ``errors``.
+        created_ids: the ids of the members created (``inserted`` of them), for
+            what a new member starts, e.g. a welcome sequence.
     """
 
     path: Path
@@ -79,6 +81,7 @@ class ImportReport:
     skipped: int
     errors: tuple[RowError, ...]
     errors_omitted: int = 0
+    created_ids: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:

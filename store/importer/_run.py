@@ -102,45 +102,48 @@ def import_members(
     validate = RowValidator(path.name, region)
     source = (source or f"import:{path.name}")[:_SOURCE_LENGTH]
 
-    def write(conn: Connection, rows: list[ValidRow], now: datetime) -> tuple[int, int]:
+    def write(conn: Connection, rows: list[ValidRow], now: datetime) -> tuple[list[int], int]:
         return write_chunk(conn, rows, source=source, file=path.name, now=now)
 
     with open_rows(path) as raw_rows:
         chunks = _validated_chunks(raw_rows, validate, errors, chunk_size)
         if mode == "skip-bad":
-            rows, inserted, updated = _write_each_chunk(engine, chunks, write, progress)
+            rows, created, updated = _write_each_chunk(engine, chunks, write, progress)
         else:
-            rows, inserted, updated = _write_all_at_once(engine, chunks, write, errors, progress)
+            rows, created, updated = _write_all_at_once(engine, chunks, write, errors, progress)
     return ImportReport(
         path=path,
         mode=mode,
         rows=rows,
-        inserted=inserted,
+        inserted=len(created),
         updated=updated,
-        skipped=rows - inserted - updated,
+        skipped=rows - len(created) - updated,
         errors=tuple(errors.listed),
         errors_omitted=errors.omitted,
+        created_ids=tuple(created),
     )
 
 
 _Chunks = Iterator[tuple[int, list[ValidRow]]]
-_Write = Callable[[Connection, list[ValidRow], datetime], tuple[int, int]]
+_Write = Callable[[Connection, list[ValidRow], datetime], tuple[list[int], int]]
 
 
 def _write_each_chunk(
     engine: Engine, chunks: _Chunks, write: _Write, progress: Callable[[int], None] | None
-) -> tuple[int, int, int]:
+) -> tuple[int, list[int], int]:
     """skip-bad: each chunk's good rows in a transaction of their own."""
-    rows = inserted = updated = 0
+    rows = updated = 0
+    created: list[int] = []
     for read, good in chunks:
         rows += read
         if good:
             with engine.begin() as conn:
-                counts = write(conn, good, utcnow())
-            inserted, updated = inserted + counts[0], updated + counts[1]
+                new, written = write(conn, good, utcnow())
+            created.extend(new)
+            updated += written
         if progress is not None:
             progress(rows)
-    return rows, inserted, updated
+    return rows, created, updated
 
 
 def _write_all_at_once(
@@ -149,7 +152,7 @@ def _write_all_at_once(
     write: _Write,
     errors: _Errors,
     progress: Callable[[int], None] | None,
-) -> tuple[int, int, int]:
+) -> tuple[int, list[int], int]:
     """all-or-nothing: validate every chunk (spooling rows), then write them in one transaction."""
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
         rows = spooled = 0
@@ -161,17 +164,19 @@ def _write_all_at_once(
             if progress is not None:
                 progress(rows)
         if errors or not spooled:
-            return rows, 0, 0
+            return rows, [], 0
         spool.seek(0)
-        inserted = updated = 0
+        updated = 0
+        created: list[int] = []
         with engine.begin() as conn:
             now = utcnow()
             for _ in range(spooled):
                 # Safe to unpickle: an anonymous temporary file this call has just written.
                 spooled_rows: list[ValidRow] = pickle.load(spool)  # noqa: S301
-                counts = write(conn, spooled_rows, now)
-                inserted, updated = inserted + counts[0], updated + counts[1]
-        return rows, inserted, updated
+                new, written = write(conn, spooled_rows, now)
+                created.extend(new)
+                updated += written
+        return rows, created, updated
 
 
 def _validated_chunks(

@@ -51,7 +51,7 @@ class _Existing:
 
 def write_chunk(
     conn: Connection, rows: Sequence[ValidRow], *, source: str, file: str, now: datetime
-) -> tuple[int, int]:
+) -> tuple[list[int], int]:
     """Upsert ``rows`` on ``external_id`` within the transaction of ``conn``.
 
     Args:
@@ -62,7 +62,8 @@ def write_chunk(
         now: the instant written as ``updated_at`` and ``occurred_at``.
 
     Returns:
-        ``(inserted, updated)``: members created, existing members written.
+        ``(created, updated)``: the ids of the members created, and how many
+        existing members were written.
     """
     if conn.dialect.name == "postgresql":
         # A long import grows the tables within its transaction: a generic plan cached while
@@ -103,7 +104,7 @@ def write_chunk(
     ]
     if lots:
         conn.execute(insert(_POINT_LOTS), lots)
-    return len(inserted), len(matched)
+    return sorted(inserted.values()), len(matched)
 
 
 def _batches(items: Sequence[T], size: int = IN_LIST_SIZE) -> Iterator[Sequence[T]]:

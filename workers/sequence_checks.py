@@ -1,0 +1,202 @@
+"""A welcome sequence's send-time check: is the member still in it, does the step apply?
+
+Registered as the ``welcome_sequence`` recheck (:mod:`workers.rechecks`), it
+runs once per deliver batch, in a transaction of its own, just before policy
+and rendering. For the batch's sequence rows:
+
+1. The member leaves the sequence when they are deleted (reason
+   ``member_deleted``), have opted out of every channel the sequence uses
+   (``opted_out``), or match its ``exit_when`` rule (``exit_when``). The
+   enrollment becomes ``exited`` with that reason, and every open row of it,
+   in this batch or waiting for a later step, is suppressed with reason
+   ``sequence_exit``: nothing more of the sequence is sent.
+2. A step whose ``only_if`` rule the member does not match, or whose
+   ``unless`` rule they do, is suppressed with reason ``step_condition``; the
+   sequence goes on with its next step.
+
+Rules are evaluated in SQL, one query per rule for all the batch's members
+(values are bound parameters), with the same compiler as segments, so a step
+condition means exactly what the same rule means as a segment. Exits are
+noticed when a step falls due: a member who opts out of everything on day 1 of
+a sequence whose next step is on day 7 is marked ``exited`` on day 7, and sent
+nothing in between.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from segments import compile_rule, parse_rule
+from store import (
+    Consent,
+    ConsentStatus,
+    Delivery,
+    DeliveryStatus,
+    Enrollment,
+    EnrollmentStatus,
+    Member,
+)
+
+from .campaigns import CampaignSpec
+from .compose import Closed
+from .ledger import OPEN
+from .runtime import Runtime
+
+__all__ = ["EXIT_REASON", "STEP_REASON", "check_sequence_rows", "sequence_channels"]
+
+#: The reason on rows suppressed because their member left the sequence.
+EXIT_REASON = "sequence_exit"
+#: The reason on a step skipped by its ``only_if`` / ``unless``.
+STEP_REASON = "step_condition"
+_EXIT_DETAIL = {
+    "member_deleted": "left the sequence: member deleted",
+    "opted_out": "left the sequence: opted out of every channel it uses",
+    "exit_when": "left the sequence: matched its exit_when rule",
+}
+
+
+def sequence_channels(spec: CampaignSpec) -> list[str]:
+    """Every channel any step of the sequence may send on."""
+    found: list[str] = []
+    for step in spec.steps or []:
+        found.extend(c for c in spec.step_channels(step) if c not in found)
+    return found
+
+
+def check_sequence_rows(
+    session: Session,
+    rt: Runtime,
+    rows: Sequence[Delivery],
+    members: Mapping[int, Member],
+    consents: Mapping[int, Mapping[str, Consent]],
+    now: datetime,
+) -> list[Closed]:
+    """The rows of ``rows`` that end here (see the module docstring); writes exits."""
+    rows = [row for row in rows if row.enrollment_id is not None]
+    if not rows:
+        return []
+    enrollments = {
+        e.id: e
+        for e in session.scalars(
+            select(Enrollment).where(Enrollment.id.in_({row.enrollment_id for row in rows}))
+        )
+    }
+    closed: list[Closed] = []
+    exits: dict[int, str] = {}  # enrollment id -> exit reason
+    by_version: dict[int, list[Delivery]] = defaultdict(list)
+    for row in rows:
+        enrollment = enrollments.get(row.enrollment_id or 0)
+        if enrollment is not None and enrollment.status == EnrollmentStatus.EXITED:
+            reason = enrollment.exit_reason or "exited"
+            detail = _EXIT_DETAIL.get(reason, f"left the sequence: {reason}")
+            closed.append(Closed(row.id, DeliveryStatus.SUPPRESSED, EXIT_REASON, detail))
+        else:
+            by_version[row.campaign_version_id].append(row)
+
+    for version_id, version_rows in by_version.items():
+        spec = rt.version(version_id).spec
+        channels = sequence_channels(spec)
+        exiting: set[int] = set()
+        if spec.exit_when is not None:
+            rule = parse_rule(spec.exit_when, "exit_when", attributes=rt.program.attributes)
+            exiting = _matching(session, rule, {r.member_id for r in version_rows}, now)
+        for row in version_rows:
+            member = members.get(row.member_id)
+            if member is None or member.deleted_at is not None:
+                exits[row.enrollment_id or 0] = "member_deleted"
+            elif _opted_out_of_all(consents.get(row.member_id, {}), channels):
+                exits[row.enrollment_id or 0] = "opted_out"
+            elif row.member_id in exiting:
+                exits[row.enrollment_id or 0] = "exit_when"
+        remaining = [row for row in version_rows if row.enrollment_id not in exits]
+        closed.extend(_skipped_steps(session, rt, spec, remaining, now))
+
+    for row in rows:
+        if row.enrollment_id in exits:
+            detail = _EXIT_DETAIL[exits[row.enrollment_id]]
+            closed.append(Closed(row.id, DeliveryStatus.SUPPRESSED, EXIT_REASON, detail))
+    _write_exits(session, exits, now)
+    return closed
+
+
+def _opted_out_of_all(consents: Mapping[str, Consent], channels: Iterable[str]) -> bool:
+    names = list(channels)
+    return bool(names) and all(
+        (consent := consents.get(channel)) is not None and consent.status == ConsentStatus.OPTED_OUT
+        for channel in names
+    )
+
+
+def _matching(session: Session, rule: Any, member_ids: set[int], now: datetime) -> set[int]:
+    """The members among ``member_ids`` that match ``rule`` now (one query)."""
+    if not member_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(Member.id).where(Member.id.in_(member_ids), compile_rule(rule, now=now))
+        )
+    )
+
+
+def _skipped_steps(
+    session: Session, rt: Runtime, spec: CampaignSpec, rows: list[Delivery], now: datetime
+) -> list[Closed]:
+    """The rows whose step's ``only_if`` fails or ``unless`` holds."""
+    steps = spec.steps or []
+    by_step: dict[int, list[Delivery]] = defaultdict(list)
+    for row in rows:
+        index = (row.payload or {}).get("step")
+        if index is not None and 0 <= int(index) < len(steps):
+            by_step[int(index)].append(row)
+    closed: list[Closed] = []
+    attributes = rt.program.attributes
+    for index, step_rows in sorted(by_step.items()):
+        step = steps[index]
+        member_ids = {row.member_id for row in step_rows}
+        skip: dict[int, str] = {}
+        if step.only_if is not None:
+            rule = parse_rule(step.only_if, f"steps[{index}].only_if", attributes=attributes)
+            matching = _matching(session, rule, member_ids, now)
+            for member_id in member_ids - matching:
+                skip[member_id] = f"step {index + 1} skipped: its only_if rule did not hold"
+        if step.unless is not None:
+            rule = parse_rule(step.unless, f"steps[{index}].unless", attributes=attributes)
+            for member_id in _matching(session, rule, member_ids, now):
+                skip.setdefault(member_id, f"step {index + 1} skipped: its unless rule held")
+        closed.extend(
+            Closed(row.id, DeliveryStatus.SUPPRESSED, STEP_REASON, skip[row.member_id])
+            for row in step_rows
+            if row.member_id in skip
+        )
+    return closed
+
+
+def _write_exits(session: Session, exits: Mapping[int, str], now: datetime) -> None:
+    """End each enrollment with its reason and suppress every open row it still has."""
+    by_reason: dict[str, list[int]] = defaultdict(list)
+    for enrollment_id, reason in exits.items():
+        by_reason[reason].append(enrollment_id)
+    for reason, ids in sorted(by_reason.items()):
+        session.execute(
+            update(Enrollment)
+            .where(Enrollment.id.in_(ids), Enrollment.status == EnrollmentStatus.ACTIVE)
+            .execution_options(synchronize_session=False)
+            .values(status=EnrollmentStatus.EXITED, ended_at=now, exit_reason=reason)
+        )
+        session.execute(
+            update(Delivery)
+            .where(Delivery.enrollment_id.in_(ids), Delivery.status.in_(OPEN))
+            .execution_options(synchronize_session=False)
+            .values(
+                status=DeliveryStatus.SUPPRESSED,
+                reason=EXIT_REASON,
+                detail=_EXIT_DETAIL[reason],
+                updated_at=now,
+            )
+        )
