@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from loyalcast.settings import Settings
 from workers.jobs import enqueue_sweep
+from workers.runtime import program_for
 
 from .leader import LeaderLock
 from .ticks import tick
@@ -56,11 +57,12 @@ class SchedulerService:
             client, f"{settings.queue_namespace}:scheduler-leader", settings.leader_ttl_seconds
         )
         self.on_change = on_change or (lambda _: None)
+        self.program = program_for(settings)
         self.stopping = threading.Event()
         self.leading = False
 
     def _tick(self) -> None:
-        claimed = tick(self.sessions, self.broker)
+        claimed = tick(self.sessions, self.broker, self.program)
         if claimed:
             log.info("claimed due runs", runs=claimed)
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from store import Campaign, CampaignRun, CampaignStatus, RunStatus, utcnow
 from workers.jobs import enqueue_plan
 from workers.occurrences import ensure_runs
+from workers.program import Program
 
 __all__ = ["claim_due_runs", "tick"]
 
@@ -43,10 +44,12 @@ def claim_due_runs(sessions: sessionmaker[Session]) -> list[int]:
         )
 
 
-def tick(sessions: sessionmaker[Session], broker: dramatiq.Broker) -> list[int]:
+def tick(
+    sessions: sessionmaker[Session], broker: dramatiq.Broker, program: Program | None = None
+) -> list[int]:
     """Write the runs the calendar now calls for, claim due runs and enqueue a plan job
     for each; return the claimed ids."""
-    ensure_runs(sessions, utcnow())
+    ensure_runs(sessions, utcnow(), program)
     claimed = claim_due_runs(sessions)
     for run_id in sorted(claimed):
         enqueue_plan(broker, run_id)

@@ -38,11 +38,9 @@ from store import (
     Campaign,
     CampaignRun,
     CampaignStatus,
-    Consent,
     Delivery,
     DeliveryStatus,
     Member,
-    PushToken,
     RunStatus,
     utcnow,
 )
@@ -61,6 +59,7 @@ from .ledger import (
     write_deferred,
 )
 from .outcomes import record_outcomes
+from .policy import load_reachability
 from .rechecks import recheck
 from .runtime import Runtime
 
@@ -90,16 +89,7 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
         members = {
             m.id: m for m in session.scalars(select(Member).where(Member.id.in_(member_ids)))
         }
-        consents: dict[int, dict[str, Consent]] = defaultdict(dict)
-        for consent in session.scalars(select(Consent).where(Consent.member_id.in_(member_ids))):
-            consents[consent.member_id][consent.channel] = consent
-        tokens: dict[int, list[PushToken]] = defaultdict(list)
-        for token in session.scalars(
-            select(PushToken)
-            .where(PushToken.member_id.in_(member_ids), PushToken.revoked_at.is_(None))
-            .order_by(PushToken.id)
-        ):
-            tokens[token.member_id].append(token)
+        consents, tokens = load_reachability(session, member_ids)
         campaign_status = dict(
             session.execute(
                 select(Campaign.id, Campaign.status).where(

@@ -49,7 +49,7 @@ from channels import Message
 from channels.direct_mail import household_key
 from channels.sms_segments import count_segments
 from segments import Rule, audience_filter, load_segment, parse_rule
-from store import CampaignStatus, Consent, Delivery, DeliveryStatus, Member, PushToken, utcnow
+from store import CampaignStatus, Delivery, DeliveryStatus, Member, utcnow
 
 from .campaign_checks import (
     ValidatedCampaign,
@@ -62,6 +62,7 @@ from .caps import Capped
 from .compose import Closed, Deferred, compose
 from .forecast_report import ChannelEta, Forecast, SampleRender, eta_for
 from .planning import dedupe_key
+from .policy import load_reachability
 from .runtime import LoadedVersion, Runtime
 from .timing import RunTiming, row_timing
 
@@ -239,16 +240,7 @@ class _Broadcast:
     ) -> dict[str, list[tuple[Message, datetime]]]:
         """Compose the page's rows as the deliver job would; return what reaches the caps."""
         ids = [m.id for m in members]
-        consents: dict[int, dict[str, Consent]] = defaultdict(dict)
-        for consent in session.scalars(select(Consent).where(Consent.member_id.in_(ids))):
-            consents[consent.member_id][consent.channel] = consent
-        tokens: dict[int, list[PushToken]] = defaultdict(list)
-        for token in session.scalars(
-            select(PushToken)
-            .where(PushToken.member_id.in_(ids), PushToken.revoked_at.is_(None))
-            .order_by(PushToken.id)
-        ):
-            tokens[token.member_id].append(token)
+        consents, tokens = load_reachability(session, ids)
         tally = self.tally
         self.external_ids = {m.id: m.external_id for m in members}
         sendable: dict[str, list[tuple[Message, datetime]]] = {}

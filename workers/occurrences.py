@@ -26,14 +26,16 @@ from store import (
 )
 
 from .campaigns import CampaignSpec
+from .program import Program
 from .recurrence import make_broadcast_runs
 from .reminders import make_reminder_run
 from .triggers import make_trigger_runs
 
 __all__ = ["RunMaker", "ensure_runs"]
 
-#: ``maker(session, campaign, version_id, spec, now)``: write the runs now due; return how many.
-RunMaker = Callable[[Session, Campaign, int, CampaignSpec, datetime], int]
+#: ``maker(session, campaign, version_id, spec, now, program)``: write the runs now due;
+#: return how many.
+RunMaker = Callable[[Session, Campaign, int, CampaignSpec, datetime, Program], int]
 
 #: The makers, per kind; a kind without one gets no runs from the tick.
 _MAKERS: dict[str, RunMaker] = {
@@ -43,8 +45,15 @@ _MAKERS: dict[str, RunMaker] = {
 }
 
 
-def ensure_runs(sessions: sessionmaker[Session], now: datetime) -> int:
-    """Write every run now due of every active campaign; return how many were new."""
+def ensure_runs(
+    sessions: sessionmaker[Session], now: datetime, program: Program | None = None
+) -> int:
+    """Write every run now due of every active campaign; return how many were new.
+
+    ``program`` is the program policy (its time zone names an expiry reminder's
+    day); without one, :meth:`Program.default`.
+    """
+    program = program or Program.default()
     with sessions() as session:
         campaigns = session.execute(
             select(Campaign, CampaignVersion.id, CampaignVersion.spec)
@@ -61,5 +70,5 @@ def ensure_runs(sessions: sessionmaker[Session], now: datetime) -> int:
     for campaign, version_id, spec_json in campaigns:
         spec = CampaignSpec.model_validate(spec_json)
         with sessions.begin() as session:
-            written += _MAKERS[spec.kind](session, campaign, version_id, spec, now)
+            written += _MAKERS[spec.kind](session, campaign, version_id, spec, now, program)
     return written

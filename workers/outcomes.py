@@ -77,7 +77,9 @@ def record_outcomes(
         did = message.delivery_id
         if isinstance(outcome, Receipt):
             sent.append(
-                {"b_id": did, "b_pid": outcome.provider_message_id, "b_at": outcome.accepted_at}
+                # sent_at is loyalcast's clock (store.utcnow), the one caps and the
+                # ledger are read by, not the channel's receipt time.
+                {"b_id": did, "b_pid": outcome.provider_message_id, "b_at": now}
             )
         elif (
             isinstance(outcome, TransientDeliveryError)

@@ -53,6 +53,7 @@ from sqlalchemy.orm import Session
 from store import Campaign, CampaignRun, CampaignVersion, RunStatus
 
 from .campaigns import CampaignSpec
+from .program import Program
 from .runs import write_run
 from .schedules import EARLIEST_ZONE, Schedule
 
@@ -214,7 +215,12 @@ def _cron_key(spec: CampaignSpec) -> Hashable:
 
 
 def make_broadcast_runs(
-    session: Session, campaign: Campaign, version_id: int, spec: CampaignSpec, now: datetime
+    session: Session,
+    campaign: Campaign,
+    version_id: int,
+    spec: CampaignSpec,
+    now: datetime,
+    program: Program | None = None,
 ) -> int:
     """Write the run of a cron broadcast's latest occurrence now due; see the module docstring.
 

@@ -58,7 +58,6 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from loyalcast.settings import Settings
 from segments import audience_filter, parse_rule
 from segments.expiry import DueReminder, due_reminders, iter_expiring
 from store import (
@@ -80,7 +79,7 @@ from .program import Program
 from .quiet_hours import local_midnight, resolve_zone
 from .reminder_dates import POSTAL_CHANNEL, planning_horizon
 from .runs import write_run
-from .runtime import LoadedVersion, Runtime, program_for
+from .runtime import LoadedVersion, Runtime
 
 __all__ = ["make_reminder_run", "plan_reminders", "reminder_key"]
 
@@ -107,17 +106,14 @@ def make_reminder_run(
     version_id: int,
     spec: CampaignSpec,
     now: datetime,
-    *,
-    time_zone: str | None = None,
+    program: Program | None = None,
 ) -> int:
     """Write today's run of an expiry-reminder campaign unless it exists; 1 when new, else 0.
 
-    Args:
-        time_zone: the zone whose date names the day; by default the program's
-            (``LOYALCAST_POLICY_FILE`` or ``LOYALCAST_DEFAULT_TIMEZONE``: the
-            scheduler reads the same settings as the workers).
+    The day is the date in the program's time zone (the scheduler passes the
+    program it was started with).
     """
-    zone = resolve_zone(time_zone or program_for(Settings.from_env()).default_time_zone)
+    zone = resolve_zone((program or Program.default()).default_time_zone)
     today = now.astimezone(zone).date()
     due_at = max(local_midnight(today, zone), now)
     return int(write_run(session, campaign.id, version_id, today.isoformat(), due_at) is not None)

@@ -70,6 +70,7 @@ from .compose import Closed
 from .jobs import chunked, enqueue_deliver
 from .planning import PlanResult
 from .planning import _finish as finish_run  # the kinds' planners build on planning
+from .program import Program
 from .recurrence import since_unchanged
 from .runs import write_run
 from .runtime import Runtime
@@ -136,7 +137,12 @@ def _watchers(session: Session, segment_name: str) -> list[_Watcher]:
 
 
 def make_trigger_runs(
-    session: Session, campaign: Campaign, version_id: int, spec: CampaignSpec, now: datetime
+    session: Session,
+    campaign: Campaign,
+    version_id: int,
+    spec: CampaignSpec,
+    now: datetime,
+    program: Program | None = None,
 ) -> int:
     """The run maker of ``kind: triggered``: snapshot the watched segment when it is due.
 

@@ -18,7 +18,7 @@ import base64
 import json
 import subprocess
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -29,8 +29,9 @@ from channels import Message
 from channels.fakes.twilio import API_VERSION
 from channels.sendgrid import SendGridEmailChannel, _prepare
 from loyalcast.settings import Settings
-from store import CampaignStatus, Consent, Delivery, Member, PushToken, utcnow
+from store import CampaignStatus, Delivery, Member, utcnow
 from workers.compose import compose
+from workers.policy import load_reachability
 from workers.runtime import Runtime
 
 from ..environment import REPO_ROOT, BenchEnv
@@ -105,16 +106,7 @@ def build_requests(
         ids = list(member_ids)
         with env.sessions() as session:
             members = {m.id: m for m in session.scalars(select(Member).where(Member.id.in_(ids)))}
-            consents: dict[int, dict[str, Consent]] = defaultdict(dict)
-            for consent in session.scalars(select(Consent).where(Consent.member_id.in_(ids))):
-                consents[consent.member_id][consent.channel] = consent
-            tokens: dict[int, list[PushToken]] = defaultdict(list)
-            for token in session.scalars(
-                select(PushToken)
-                .where(PushToken.member_id.in_(ids), PushToken.revoked_at.is_(None))
-                .order_by(PushToken.id)
-            ):
-                tokens[token.member_id].append(token)
+            consents, tokens = load_reachability(session, ids)
             session.expunge_all()
         requests: list[dict[str, Any]] = []
         for member_id in ids:
