@@ -23,7 +23,7 @@ from templates import CHANNEL_PARTS, Renderer, load_templates
 from workers.delivery import deliver_batch
 from workers.occurrences import ensure_runs
 from workers.planning import plan_run
-from workers.program import CapRule, Program
+from workers.program import CapRule, Program, parse_program
 from workers.reminder_dates import drop_date, planning_horizon
 
 from .support import add_member, create, runtime_for, scripted_channels, sessions_for
@@ -146,7 +146,7 @@ def keys(sessions: Any) -> list[str]:
 # -- the day's run ---------------------------------------------------------------------
 
 
-def test_the_tick_writes_one_run_per_campaign_per_day(database_url, tmp_path, clock, monkeypatch):
+def test_the_tick_writes_one_run_per_campaign_per_day(database_url, tmp_path, clock):
     """Two ticks on a day write one run; a later day its own, named by the program's date."""
     # Given an expiry-reminder campaign
     sessions = sessions_for(database_url)
@@ -158,9 +158,9 @@ def test_the_tick_writes_one_run_per_campaign_per_day(database_url, tmp_path, cl
     [run] = runs(sessions)
     assert (run.occurrence, run.due_at, run.status) == ("2026-11-30", MONDAY, RunStatus.SCHEDULED)
     # When it ticks on Tuesday in a program whose time zone is already on Wednesday
-    monkeypatch.setenv("LOYALCAST_DEFAULT_TIMEZONE", "Pacific/Kiritimati")  # UTC+14
+    kiritimati = parse_program("default_time_zone: Pacific/Kiritimati\n")  # UTC+14
     clock.now = at("2026-12-01T11:00Z")
-    ensure_runs(sessions, utcnow())
+    ensure_runs(sessions, utcnow(), kiritimati)
     # Then the new run is named by the program's date
     assert [r.occurrence for r in runs(sessions)] == ["2026-11-30", "2026-12-02"]
 

@@ -55,7 +55,12 @@ from workers.sequences import enroll
 
 from .month import Simulation
 
-pytestmark = [pytest.mark.usefixtures("provider_specs"), pytest.mark.slow, pytest.mark.redis]
+pytestmark = [
+    pytest.mark.usefixtures("provider_specs"),
+    pytest.mark.slow,
+    pytest.mark.redis,
+    pytest.mark.timeout(900),
+]
 
 MEMBERS = 10_000
 ENROLLEES = 200
