@@ -53,7 +53,6 @@ class Simulation:
         self.broker = broker
         self.clock = SimulatedClock(start)
         self.actors = declare_actors(broker, rt)
-        self.extra_actors: dict[str, Callable[..., Any]] = {}
         self._events: list[tuple[datetime, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self.jobs_run = 0
@@ -96,7 +95,5 @@ class Simulation:
                 return
 
     def _run(self, message: dramatiq.Message[Any]) -> None:
-        actor = self.actors.get(message.actor_name)
-        fn = actor.fn if actor is not None else self.extra_actors[message.actor_name]
-        fn(*message.args, **message.kwargs)
+        self.actors[message.actor_name].fn(*message.args, **message.kwargs)
         self.jobs_run += 1
