@@ -7,12 +7,17 @@ never touches the store; recording the outcome is the worker's job.
 
 :class:`BatchChannel` is the base most channels want: it implements
 ``send_batch`` by calling ``send`` per message, so a provider module writes
-only ``send`` unless the provider has a batch API.
+only ``send`` unless the provider has a batch API. With ``concurrency`` above
+1, those calls run on a thread pool of that size, one per channel object and
+so per worker process: the requests of every job the process runs share it,
+which bounds what one process keeps in flight to the provider.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -93,24 +98,46 @@ class Channel(Protocol):
 
 
 class BatchChannel:
-    """Base for channels whose provider takes one message per call."""
+    """Base for channels whose provider takes one message per call.
+
+    Subclasses set ``concurrency`` (requests in flight at once, per channel
+    object) in their constructor; it is 1, one after the other, unless they do.
+    """
 
     name: str
     live: ClassVar[bool] = True
     max_batch: ClassVar[int] = 50
+    concurrency: int = 1
+    _pool: ThreadPoolExecutor | None = None
+    _pool_lock = threading.Lock()
 
     def send(self, message: Message) -> Receipt:
         """Send one message; raise a :mod:`channels.errors` error if it fails."""
         raise NotImplementedError
 
     def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for message in messages:
-            try:
-                outcomes.append(self.send(message))
-            except DeliveryError as exc:
-                outcomes.append(exc)
-        return outcomes
+        """Send each message (``concurrency`` at a time); outcomes in the messages' order."""
+        if self.concurrency > 1 and len(messages) > 1:
+            return list(self._executor().map(self._attempt, messages))
+        return [self._attempt(message) for message in messages]
+
+    def _attempt(self, message: Message) -> Outcome:
+        try:
+            return self.send(message)
+        except DeliveryError as exc:
+            return exc
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.concurrency, thread_name_prefix=f"send-{self.name}"
+                )
+            return self._pool
 
     def close(self) -> None:
-        return None
+        """Stop the send pool, if one was started (subclasses call this too)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)

@@ -35,14 +35,20 @@ class PushChannel(BatchChannel):
     Args:
         fcm: the FCM sender, or None when FCM is not configured.
         webpush: the Web Push sender, or None when VAPID is not configured.
+        concurrency: requests in flight at once (see :class:`channels.base.BatchChannel`).
     """
 
     name = "push"
     live: ClassVar[bool] = True
 
-    def __init__(self, fcm: FcmSender | None, webpush: WebPushSender | None) -> None:
+    def __init__(
+        self, fcm: FcmSender | None, webpush: WebPushSender | None, *, concurrency: int = 1
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be positive")
         self.fcm = fcm
         self.webpush = webpush
+        self.concurrency = concurrency
 
     def send(self, message: Message) -> Receipt:
         """Send one message to the device it names.
@@ -84,7 +90,8 @@ class PushChannel(BatchChannel):
         )
 
     def close(self) -> None:
-        """Close both senders' HTTP sessions."""
+        """Stop the send pool and close both senders' HTTP sessions."""
+        super().close()
         for sender in (self.fcm, self.webpush):
             if sender is not None:
                 sender.close()

@@ -1,12 +1,11 @@
 """Email through SendGrid's v3 Mail Send API, on the official ``sendgrid`` SDK.
 
-Batches (DESIGN.md §8): messages whose rendered subject, HTML and text are
-identical, and whose campaign and category (SendGrid categories, set per
-request) are too, go out as ONE request with one personalization per message,
-up to :data:`MAX_PERSONALIZATIONS`, in the order of the messages. Each other
-message is a request of its own. Each personalization carries the message's
-recipient, its ``custom_args`` (``delivery_id``, ``dedupe_key``) and its
-headers (the RFC 8058 one-click ``List-Unsubscribe`` pair).
+Batches (DESIGN.md §8): messages of one campaign and category go out as ONE
+request with one personalization per message, up to
+:data:`MAX_PERSONALIZATIONS`, in the order of the messages, although each was
+rendered for its member: :mod:`channels.sendgrid_body` sends their common
+text once and each member's own text as substitutions. A message whose own
+text passes SendGrid's 10,000-byte substitution cap is a request of its own.
 
 Receipts: every message of one request gets the request's ``X-Message-Id``,
 unsuffixed (a suffix would be ours alone; nothing SendGrid sends carries it).
@@ -39,7 +38,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from typing import Any, ClassVar, NamedTuple
-from urllib.parse import urlsplit
 
 import sendgrid
 from python_http_client.exceptions import HTTPError
@@ -48,6 +46,7 @@ from sendgrid.helpers import mail as sg
 from .base import BatchChannel, Message, Outcome, Receipt
 from .errors import DeliveryError, InvalidRecipient, PermanentDeliveryError, TransientDeliveryError
 from .ratelimit import NoLimit, RateLimiter
+from .sendgrid_body import MAX_PERSONALIZATIONS, Item, build_mail, prepare, requests_for
 
 __all__ = [
     "DEFAULT_HOST",
@@ -62,18 +61,12 @@ __all__ = [
 DEFAULT_HOST = "https://api.sendgrid.com"
 #: Seconds for each connect and each read (the SDK has no default: it would wait forever).
 DEFAULT_TIMEOUT = 10.0
-#: SendGrid takes at most 1000 personalizations per request.
-MAX_PERSONALIZATIONS = 1000
 #: Seconds to wait after a 429 without a usable X-RateLimit-Reset.
 DEFAULT_RATE_LIMIT_WAIT = 60.0
-#: SendGrid rejects longer category names.
-MAX_CATEGORY_LENGTH = 255
-ONE_CLICK = "List-Unsubscribe=One-Click"
 _NO_LIMIT = NoLimit()
 _INDEXED_FIELD = re.compile(r"personalizations\.(\d+)\.")
 _ADDRESS_FIELD = re.compile(r"personalizations\.\d+\.(to|cc|bcc)\.\d+\.email")
 _ADDRESS_MESSAGE = re.compile(r"valid (email )?address|invalid email", re.IGNORECASE)
-_HTTPS_URL = re.compile(r"https://[^\s<>,\"]+")
 
 
 class ErrorRule(NamedTuple):
@@ -197,16 +190,6 @@ def _retry_after(headers: Any, now: float) -> float:
     return DEFAULT_RATE_LIMIT_WAIT
 
 
-@dataclass(frozen=True)
-class _Item:
-    """A message checked and ready to become one personalization."""
-
-    message: Message
-    headers: dict[str, str]
-    key: tuple[str, ...]
-    """Items with equal keys share a request: one body, one set of categories."""
-
-
 @dataclass
 class _Run:
     """The state of one ``send_batch`` call (the channel itself is shared by threads)."""
@@ -214,59 +197,8 @@ class _Run:
     halt: DeliveryError | None = None
 
 
-def _categories(message: Message) -> list[str]:
-    names = [n[:MAX_CATEGORY_LENGTH] for n in (message.campaign, message.category) if n]
-    return list(dict.fromkeys(names))  # SendGrid wants them unique
-
-
-def _unsubscribe_headers(message: Message) -> dict[str, str]:
-    """RFC 8058 one-click headers: required for marketing, added to others when given."""
-    url = message.metadata.get("unsubscribe_url")
-    if not url:
-        if message.category == "marketing":
-            raise PermanentDeliveryError(
-                "marketing email must carry a one-click List-Unsubscribe (RFC 8058) but"
-                " metadata['unsubscribe_url'] is missing; not sent",
-                code="no_unsubscribe_url",
-            )
-        return {}
-    if not (isinstance(url, str) and url.isascii() and _HTTPS_URL.fullmatch(url)):
-        # The link is signed: it is left out of the message, which is stored.
-        raise PermanentDeliveryError(
-            "metadata['unsubscribe_url'] must be an absolute https:// URL without spaces"
-            " (RFC 8058); not sent",
-            code="bad_unsubscribe_url",
-        )
-    if not urlsplit(url).hostname:
-        raise PermanentDeliveryError("metadata['unsubscribe_url'] has no host; not sent")
-    return {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": ONE_CLICK}
-
-
-def _prepare(message: Message) -> _Item:
-    parts = message.parts
-    if not parts.get("subject"):
-        raise PermanentDeliveryError("the email has no subject", code="no_subject")
-    if not (parts.get("html") or parts.get("text")):
-        raise PermanentDeliveryError("the email has neither HTML nor text", code="no_content")
-    key = (parts["subject"], parts.get("html", ""), parts.get("text", ""))
-    return _Item(message, _unsubscribe_headers(message), (*key, message.campaign, message.category))
-
-
-def _personalization(item: _Item) -> sg.Personalization:
-    personalization = sg.Personalization()
-    to = sg.To()
-    # Set, not parsed: To("not-an-address") would turn it into a display name.
-    to.email = item.message.to
-    personalization.add_to(to)
-    personalization.add_custom_arg(sg.CustomArg("delivery_id", str(item.message.delivery_id)))
-    personalization.add_custom_arg(sg.CustomArg("dedupe_key", item.message.dedupe_key))
-    for name, value in item.headers.items():
-        personalization.add_header(sg.Header(name, value))
-    return personalization
-
-
 class SendGridEmailChannel(BatchChannel):
-    """Email through SendGrid, one request per group of identical mails.
+    """Email through SendGrid, one request per campaign and category for up to 1000 mails.
 
     Args:
         api_key: The SendGrid API key (``SENDGRID_API_KEY``); must not be empty,
@@ -331,31 +263,28 @@ class SendGridEmailChannel(BatchChannel):
         fail the whole group, as they would fail each message alone.
         """
         outcomes: dict[int, Outcome] = {}
-        items: dict[int, _Item] = {}
-        groups: dict[tuple[str, ...], list[int]] = {}
+        items: list[Item] = []
+        positions: list[int] = []  # items[k] is messages[positions[k]]
         for index, message in enumerate(messages):
             try:
-                items[index] = _prepare(message)
+                items.append(prepare(message))
             except DeliveryError as exc:
                 outcomes[index] = exc
-                continue
-            groups.setdefault(items[index].key, []).append(index)
+            else:
+                positions.append(index)
         run = _Run()
-        for indexes in groups.values():
-            for start in range(0, len(indexes), MAX_PERSONALIZATIONS):
-                chunk = indexes[start : start + MAX_PERSONALIZATIONS]
-                results = self._request([items[i] for i in chunk], run)
-                outcomes.update(zip(chunk, results, strict=True))
+        for request in requests_for(items):
+            results = self._request([items[k] for k in request], run)
+            outcomes.update(zip((positions[k] for k in request), results, strict=True))
         return [outcomes[i] for i in range(len(messages))]
 
-    def _request(self, items: list[_Item], run: _Run, *, pinpoint: bool = True) -> list[Outcome]:
+    def _request(self, items: list[Item], run: _Run, *, pinpoint: bool = True) -> list[Outcome]:
         """One mail/send request for ``items``; one outcome per item."""
         if run.halt is not None:
             return [run.halt] * len(items)
         try:
             self.limiter.wait()
-            mail = self._mail(items)
-            response = self._client.send(mail)
+            response = self._client.send(build_mail(items, self.from_email))
         except HTTPError as exc:
             if exc.status_code == 400 and len(items) > 1:
                 return self._split(items, _errors(exc.body), run, pinpoint=pinpoint)
@@ -380,7 +309,7 @@ class SendGridEmailChannel(BatchChannel):
         return [error] * len(items)
 
     def _split(
-        self, items: list[_Item], errors: list[dict[str, Any]], run: _Run, *, pinpoint: bool
+        self, items: list[Item], errors: list[dict[str, Any]], run: _Run, *, pinpoint: bool
     ) -> list[Outcome]:
         """Outcomes for a grouped request that SendGrid refused with a 400."""
         named: dict[int, list[dict[str, Any]]] = {}
@@ -400,24 +329,6 @@ class SendGridEmailChannel(BatchChannel):
             error = _bad_request(errors)  # content or sender: each alone would fail the same way
             return [error] * len(items)
         return [outcome for item in items for outcome in self._request([item], run)]
-
-    def _mail(self, items: Sequence[_Item]) -> sg.Mail:
-        """The request body: the first item's content, one personalization per item."""
-        first = items[0].message
-        mail = sg.Mail()
-        mail.from_email = sg.From(self.from_email)
-        mail.subject = first.parts["subject"]
-        if first.parts.get("text"):  # SendGrid refuses empty content values
-            mail.add_content(sg.Content(sg.MimeType.text, first.parts["text"]))
-        if first.parts.get("html"):
-            mail.add_content(sg.Content(sg.MimeType.html, first.parts["html"]))
-        # Trap: add_category inserts at index 0; adding in reverse keeps the order.
-        for name in reversed(_categories(first)):
-            mail.add_category(sg.Category(name))
-        for index, item in enumerate(items):
-            # Trap: add_personalization inserts at index 0 unless told where.
-            mail.add_personalization(_personalization(item), index=index)
-        return mail
 
     def close(self) -> None:
         """Nothing to release: the SDK opens a connection per request."""

@@ -176,12 +176,13 @@ class TwilioSmsChannel(BatchChannel):
     live: ClassVar[bool] = True
     # A chunk is what the deliver worker claims at once (``sending`` with one
     # lease, workers/delivery.py); Twilio has no batch API, so a chunk is sent one
-    # request at a time. 10 keeps the worst case (limiter wait of 2 s, then
-    # connect and read timeouts of 10 s each, per message) under the default
-    # 300 s lease, and bounds what a killed worker leaves ``unknown`` to 10
-    # messages, while the claim and record UPDATEs still cost little next to 10
-    # HTTP requests.
-    max_batch: ClassVar[int] = 10
+    # request per message, ``concurrency`` at a time. With the default 8
+    # (LOYALCAST_SEND_CONCURRENCY) 20 is three rounds: the worst case (limiter
+    # wait of 2 s, then connect and read timeouts of 10 s each) is 66 s, well
+    # under the default 300 s lease. It bounds what a killed worker leaves
+    # ``unknown`` to 20 messages, while the claim and record UPDATEs cost
+    # little next to 20 HTTP requests.
+    max_batch: ClassVar[int] = 20
 
     def __init__(
         self,
@@ -195,6 +196,7 @@ class TwilioSmsChannel(BatchChannel):
         limiter: RateLimiter = _NO_LIMIT,
         timeout: float = DEFAULT_TIMEOUT,
         max_segments: int = DEFAULT_MAX_SEGMENTS,
+        concurrency: int = 1,
     ) -> None:
         """Build the channel and its SDK client; nothing is sent yet.
 
@@ -211,6 +213,8 @@ class TwilioSmsChannel(BatchChannel):
             timeout: Seconds for connecting and, separately, for the answer.
             max_segments: The most segments a message may cost, unless its
                 ``metadata["max_sms_segments"]`` says otherwise.
+            concurrency: Requests in flight at once from this channel object
+                (shared by every thread of the process that uses it).
 
         Raises:
             ValueError: A credential is empty, both or neither sender is given,
@@ -223,8 +227,8 @@ class TwilioSmsChannel(BatchChannel):
         target = urlsplit(base_url)
         if target.scheme not in ("http", "https") or not target.netloc:
             raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
-        if timeout <= 0 or max_segments < 1:
-            raise ValueError("timeout and max_segments must be positive")
+        if timeout <= 0 or max_segments < 1 or concurrency < 1:
+            raise ValueError("timeout, max_segments and concurrency must be positive")
         self.account_sid = account_sid
         self.from_number = from_number
         self.messaging_service_sid = messaging_service_sid
@@ -233,6 +237,7 @@ class TwilioSmsChannel(BatchChannel):
         self.limiter = limiter
         self.timeout = timeout
         self.max_segments = max_segments
+        self.concurrency = concurrency
         self._http = _RoutedHttpClient(base_url, timeout)
         self._client = Client(
             account_sid,
@@ -290,7 +295,8 @@ class TwilioSmsChannel(BatchChannel):
         return Receipt(provider_message_id=str(sid), accepted_at=datetime.now(UTC))
 
     def close(self) -> None:
-        """Close the pooled HTTP connections."""
+        """Stop the send pool and close the pooled HTTP connections."""
+        super().close()
         self._http.close()
 
 

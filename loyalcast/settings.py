@@ -171,6 +171,15 @@ class Settings:
             "Delivery rows per deliver job.",
         ),
     )
+    send_concurrency: int = field(
+        default=8,
+        metadata=_meta(
+            "LOYALCAST_SEND_CONCURRENCY",
+            _positive_int,
+            "Requests each worker process keeps in flight to a provider that takes one"
+            " message per request (Twilio, FCM, Web Push).",
+        ),
+    )
     lease_seconds: float = field(
         default=300.0,
         metadata=_meta(

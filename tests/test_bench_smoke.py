@@ -122,11 +122,11 @@ def test_segments_and_the_raw_baseline_report_the_counts_the_rules_and_consents_
             assert segments[name]["stream ids/s"] > 0
         assert len({s["members"] for s in segments.values()}) > 1  # the rules differ
 
-        # And the raw loop sent one request per member the consent rules allow
+        # And the raw loop sent one message per member the consent rules allow
         raw = _figures(results["raw"])
         for kind, channels in KINDS.items():
             expected = sum(_sendable(m, channels) for m in members)
-            assert raw[f"raw {kind}"]["requests"] == expected, kind
+            assert raw[f"raw {kind}"]["messages"] == expected, kind
             assert 0 < expected < MEMBERS
             assert raw[f"raw {kind}"]["msgs/s"] > 0
         assert data["machine"]["logical_cpus"] >= 1

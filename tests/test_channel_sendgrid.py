@@ -168,28 +168,6 @@ def test_shared_content_is_one_request_with_personalizations_in_message_order(
     }
 
 
-def test_unique_content_is_one_request_each_and_outcomes_keep_message_order(
-    fake: FakeSendGrid, channel: SendGridEmailChannel
-) -> None:
-    """Messages with their own content each get a request; outcomes follow the input order."""
-    # Given two messages sharing content around one with its own
-    messages = [
-        message(1, "ann@example.com"),
-        message(2, "bob@example.com", text="You have 80 points."),
-        message(3, "cat@example.com"),
-    ]
-    # When they are sent
-    outcomes = channel.send_batch(messages)
-    # Then the shared pair went together and the other alone
-    assert [recipients(b) for b in sends(fake)] == [
-        ["ann@example.com", "cat@example.com"],
-        ["bob@example.com"],
-    ]
-    ids = [o.provider_message_id for o in outcomes if isinstance(o, Receipt)]
-    assert len(ids) == 3
-    assert ids[0] == ids[2] != ids[1]
-
-
 def test_categories_custom_args_and_content_reach_sendgrid(
     fake: FakeSendGrid, channel: SendGridEmailChannel
 ) -> None:

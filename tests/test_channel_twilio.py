@@ -165,7 +165,7 @@ def test_send_batch_keeps_order_and_isolates_failures(
     # Given a channel (it satisfies the Channel protocol) and a number Twilio will refuse
     channel = make_channel()
     assert isinstance(channel, Channel)
-    assert (channel.name, channel.live, channel.max_batch) == ("sms", True, 10)
+    assert (channel.name, channel.live, channel.max_batch) == ("sms", True, 20)
     batch = [sms(delivery_id=1), sms(delivery_id=2, to="+1 555 nope"), sms(delivery_id=3)]
     # When the three are sent as a batch
     outcomes = channel.send_batch(batch)

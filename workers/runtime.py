@@ -78,6 +78,7 @@ def build_channels(settings: Settings, client: redis.Redis | None = None) -> dic
             base_url=s.twilio_base_url,
             status_callback=f"{s.public_url}/webhooks/twilio/status" if s.public_url else None,
             limiter=_limiter(client, s, "twilio", sender, s.twilio_rate),
+            concurrency=s.send_concurrency,
         )
     if s.sendgrid_api_key and s.sendgrid_from_email:
         from channels.sendgrid import SendGridEmailChannel
@@ -110,7 +111,7 @@ def build_channels(settings: Settings, client: redis.Redis | None = None) -> dic
                 s.vapid_subject,
                 limiter=_limiter(client, s, "webpush", "vapid", s.webpush_rate),
             )
-        channels["push"] = PushChannel(fcm, webpush)
+        channels["push"] = PushChannel(fcm, webpush, concurrency=s.send_concurrency)
     if s.direct_mail_dir or s.direct_mail_sftp_url:
         from channels.direct_mail import DirectMailChannel
         from channels.sftp import SftpTarget

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from channels import Message
 from channels.fakes.twilio import API_VERSION
-from channels.sendgrid import SendGridEmailChannel, _prepare
+from channels.sendgrid_body import build_mail, prepare, requests_for
 from loyalcast.settings import Settings
 from store import CampaignStatus, Delivery, Member, utcnow
 from workers.compose import compose
@@ -41,11 +41,12 @@ __all__ = ["RawRun", "build_requests", "expected_recipients", "measure_raw"]
 
 
 class RawRun(dict[str, Any]):
-    """The loop's JSON answer: ``requests``, ``ok``, ``seconds``, ``errors``."""
+    """The loop's JSON answer: ``requests``, ``ok``, ``messages``, ``seconds``, ``errors``."""
 
     @property
     def throughput(self) -> float:
-        return float(self["ok"]) / float(self["seconds"]) if self["seconds"] else 0.0
+        """Messages (recipients of accepted requests) per second."""
+        return float(self["messages"]) / float(self["seconds"]) if self["seconds"] else 0.0
 
 
 def _twilio_request(settings: Settings, message: Message) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def _twilio_request(settings: Settings, message: Message) -> dict[str, Any]:
         form["StatusCallback"] = f"{settings.public_url}/webhooks/twilio/status"
     basic = base64.b64encode(f"{sid}:{token}".encode()).decode()
     return {
-        "recipient": recipient_key("sms", message.to),
+        "recipients": [recipient_key("sms", message.to)],
         "url": f"{settings.twilio_base_url}/{API_VERSION}/Accounts/{sid}/Messages.json",
         "headers": {
             "Authorization": f"Basic {basic}",
@@ -68,22 +69,36 @@ def _twilio_request(settings: Settings, message: Message) -> dict[str, Any]:
     }
 
 
-def _sendgrid_request(
-    settings: Settings, channel: SendGridEmailChannel, message: Message
-) -> dict[str, Any]:
-    # The channel's own request builder: the body is the bytes our worker sent.
-    mail = channel._mail([_prepare(message)])
-    return {
-        "recipient": recipient_key("email", message.to),
-        "url": f"{settings.sendgrid_api_host}/v3/mail/send",
-        "headers": {
-            "Authorization": f"Bearer {settings.sendgrid_api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": "bench-raw-http",
-        },
-        "body": json.dumps(mail.get()),
-    }
+def _sendgrid_requests(
+    settings: Settings, messages: Sequence[Message], batch_size: int
+) -> list[dict[str, Any]]:
+    """The mail/send requests the SendGrid channel makes for ``messages``.
+
+    Cut into deliver batches of ``batch_size`` as the planner cuts them, then
+    grouped by the channel's own :func:`channels.sendgrid_body.requests_for`
+    and built by its :func:`~channels.sendgrid_body.build_mail`: the bodies
+    are the bytes our workers send.
+    """
+    sender = settings.sendgrid_from_email or "bench@example.com"
+    requests = []
+    for start in range(0, len(messages), batch_size):
+        items = [prepare(m) for m in messages[start : start + batch_size]]
+        for indexes in requests_for(items):
+            group = [items[i] for i in indexes]
+            requests.append(
+                {
+                    "recipients": [recipient_key("email", i.message.to) for i in group],
+                    "url": f"{settings.sendgrid_api_host}/v3/mail/send",
+                    "headers": {
+                        "Authorization": f"Bearer {settings.sendgrid_api_key}",
+                        "Content-Type": "application/json",
+                        "Accept": "application/json",
+                        "User-Agent": "bench-raw-http",
+                    },
+                    "body": json.dumps(build_mail(group, sender)),
+                }
+            )
+    return requests
 
 
 def build_requests(
@@ -95,11 +110,6 @@ def build_requests(
     context, rendering, unsubscribe link); members the policy skips get none.
     """
     rt = Runtime(settings)
-    email = SendGridEmailChannel(
-        settings.sendgrid_api_key or "-",
-        settings.sendgrid_from_email or "bench@example.com",
-        host=settings.sendgrid_api_host,
-    )
     now = utcnow()
     try:
         version = rt.version(version_id)
@@ -109,6 +119,7 @@ def build_requests(
             consents, tokens = load_reachability(session, ids)
             session.expunge_all()
         requests: list[dict[str, Any]] = []
+        emails: list[Message] = []
         for member_id in ids:
             row = Delivery(
                 id=member_id,
@@ -133,19 +144,19 @@ def build_requests(
             if not isinstance(message, Message):
                 continue  # suppressed by policy: no request
             if message.channel == "email":
-                requests.append(_sendgrid_request(settings, email, message))
+                emails.append(message)
             elif message.channel == "sms":
                 requests.append(_twilio_request(settings, message))
             else:
                 raise RuntimeError(f"the raw baseline has no request for {message.channel}")
-        return requests
+        return requests + _sendgrid_requests(settings, emails, env.options.batch_size)
     finally:
         rt.close()
 
 
 def expected_recipients(requests: Sequence[dict[str, Any]]) -> Counter[str]:
     """The recipients ``requests`` address, as :func:`bench.meters.check_intake` compares them."""
-    return Counter(str(r["recipient"]) for r in requests)
+    return Counter(str(key) for r in requests for key in r["recipients"])
 
 
 def measure_raw(env: BenchEnv, requests: Sequence[dict[str, Any]], name: str) -> RawRun:

