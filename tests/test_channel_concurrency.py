@@ -74,3 +74,15 @@ def test_without_concurrency_sends_go_one_after_the_other_on_the_callers_thread(
 def test_twilio_refuses_a_concurrency_below_one() -> None:
     with pytest.raises(ValueError, match="concurrency"):
         TwilioSmsChannel("AC1", "token", from_number="+15550001", concurrency=0)
+
+
+def test_twilio_reads_the_proxy_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY is honoured, read when the channel is built; requests then skip the lookup."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    channel = TwilioSmsChannel("AC1", "token", from_number="+15550001")
+    assert channel._http.proxy == {"https": "http://proxy.example:3128"}
+    assert channel._http.session.trust_env is False
+    monkeypatch.setenv("NO_PROXY", "api.twilio.com")
+    assert TwilioSmsChannel("AC1", "token", from_number="+15550001")._http.proxy == {}
