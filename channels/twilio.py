@@ -30,6 +30,7 @@ accepted the message. It is reported as transient (the closed error set has no
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Mapping
@@ -166,6 +167,20 @@ class _RoutedHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships
         )
         self._local.headers = response.headers
         return response
+
+    def log_request(self, kwargs: dict[str, Any]) -> None:
+        """The SDK logs ~8 INFO lines per request (URL, headers): only at DEBUG here.
+
+        At a broadcast's pace they cost CPU and bury the worker's own lines
+        (dramatiq pipes every line of a worker process to its parent).
+        """
+        if self.logger.isEnabledFor(logging.DEBUG):
+            super().log_request(kwargs)
+
+    def log_response(self, status_code: int, response: Any) -> None:
+        """The SDK's two INFO lines per response: only at DEBUG, as :meth:`log_request`."""
+        if self.logger.isEnabledFor(logging.DEBUG):
+            super().log_response(status_code, response)
 
     def last_headers(self) -> Mapping[str, str] | None:
         """The headers of this thread's last response, None if the last request got none."""

@@ -13,20 +13,9 @@ from typing import Any
 
 import structlog
 
-__all__ = [
-    "QUIET_LIBRARIES",
-    "SECRET_KEYS",
-    "configure_logging",
-    "quiet_libraries",
-    "redact_secrets",
-]
+__all__ = ["QUIET_LIBRARIES", "SECRET_KEYS", "configure_logging", "redact_secrets"]
 
-#: Libraries that narrate routine work at INFO: only their warnings matter here.
-#: The Twilio SDK logs about ten lines for every message it sends (the URL,
-#: every header but Authorization, the response's headers): at a broadcast's
-#: pace that is a cost and noise, and the worker processes would pipe each
-#: line to their parent.
-QUIET_LIBRARIES = ("alembic", "apscheduler", "twilio")
+QUIET_LIBRARIES = ("alembic", "apscheduler")
 
 SECRET_KEYS = ("password", "secret", "token", "api_key", "auth", "authorization", "private_key")
 
@@ -39,16 +28,12 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
-def quiet_libraries(level: str = "INFO") -> None:
-    """Raise :data:`QUIET_LIBRARIES`' loggers to WARNING (or ``level``, if higher)."""
-    for name in QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-
-
 def configure_logging(level: str = "INFO") -> None:
     """Route structlog and stdlib logging to stderr at ``level``."""
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
-    quiet_libraries(level)
+    # Libraries that narrate routine work at INFO: only their warnings matter here.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

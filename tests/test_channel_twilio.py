@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import socket
 import time
@@ -135,6 +136,19 @@ def test_send_returns_a_receipt_with_the_message_sid(
     assert "MessagingServiceSid" not in form
     # And the limiter was asked once, and never blocked
     assert (limiter.waits, limiter.blocks) == (1, [])
+
+
+def test_the_sdks_request_narration_is_kept_for_debug(
+    make_channel: Callable[..., TwilioSmsChannel], caplog: pytest.LogCaptureFixture
+) -> None:
+    """At INFO a send logs nothing of the SDK's ~10 lines per request; at DEBUG they are there."""
+    channel = make_channel()
+    with caplog.at_level(logging.INFO):
+        channel.send(sms())
+    assert [r for r in caplog.records if r.name.startswith("twilio")] == []
+    with caplog.at_level(logging.DEBUG, logger="twilio"):
+        channel.send(sms())
+    assert any("Response Status Code: 201" in r.getMessage() for r in caplog.records)
 
 
 def test_messaging_service_replaces_the_sender_number(

@@ -1,16 +1,13 @@
 """The module ``dramatiq`` workers load (``loyalcast worker`` runs ``dramatiq workers.main``).
 
-Importing it reads the settings, quiets the chatty libraries' loggers (the
-Twilio SDK's, see :data:`loyalcast.logging.QUIET_LIBRARIES`), builds the
-broker, declares the actors and registers the middleware that closes the
-runtime when the worker stops.
+Importing it reads the settings, builds the broker, declares the actors and
+registers the middleware that closes the runtime when the worker stops.
 """
 
 from __future__ import annotations
 
 import dramatiq
 
-from loyalcast.logging import quiet_libraries
 from loyalcast.settings import Settings
 
 from .actors import declare_actors
@@ -19,7 +16,6 @@ from .middleware import RuntimeLifecycle
 from .runtime import Runtime
 
 settings = Settings.from_env()
-quiet_libraries(settings.log_level)  # dramatiq set up logging at INFO in this process
 broker = make_broker(settings)
 runtime = Runtime(settings, broker)
 broker.add_middleware(RuntimeLifecycle(runtime))
