@@ -99,6 +99,13 @@ class ExpiringPoints:
     """The earliest instant (UTC) on that date at which some of these points expire."""
 
 
+_new = object.__new__
+_set_member = ExpiringPoints.__dict__["member_id"].__set__
+_set_date = ExpiringPoints.__dict__["expiry_date"].__set__
+_set_points = ExpiringPoints.__dict__["points"].__set__
+_set_expires = ExpiringPoints.__dict__["expires_at"].__set__
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DueReminder:
     """A reminder due today: its once-only key is (member, expiry date, lead days)."""
@@ -335,12 +342,7 @@ def _stream(
                 # Inline rather than a generator per member: this runs ~300,000 times a scan.
                 for day, total, earliest in days if days_sorted else sorted(days, key=_first):
                     if total >= min_points:
-                        yield ExpiringPoints(
-                            member_id=member,
-                            expiry_date=day,
-                            points=int(total),
-                            expires_at=earliest.astimezone(UTC),
-                        )
+                        yield _expiring(member, day, int(total), earliest.astimezone(UTC))
                 if member_id is None:
                     break
                 days, days_sorted = [], True
@@ -362,6 +364,17 @@ def _stream(
                 days_sorted = False
     finally:
         result.close()
+
+
+def _expiring(member_id: int, day: date, points: int, expires_at: datetime) -> ExpiringPoints:
+    """``ExpiringPoints(...)`` made by setting its slots: the frozen ``__init__``'s
+    ``object.__setattr__`` per field cost 0.7 s of a 1M-member scan (no ``__post_init__``)."""
+    item = _new(ExpiringPoints)
+    _set_member(item, member_id)
+    _set_date(item, day)
+    _set_points(item, points)
+    _set_expires(item, expires_at)
+    return item
 
 
 def _merge_back(days: list[list[Any]], day: date, points: int, expires_at: datetime) -> None:
