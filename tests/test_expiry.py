@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, insert, text
@@ -296,6 +297,32 @@ def test_many_lots_stream_in_small_batches_in_member_order(engine: Engine) -> No
         for member_id in members
         for day in (DEC_3, date(2026, 12, 4))
     ]
+    assert rows == expected
+
+
+def test_local_dates_are_right_across_a_daylight_saving_change(engine: Engine) -> None:
+    """In a window holding a DST change, each instant gets the date a zone conversion gives.
+
+    Zones with one UTC offset over the scan take a shortcut (instant + offset);
+    New York changes on 1 Nov 2026 and Sydney on 4 Oct 2026, so they must not.
+    """
+    # Given members in zones with and without a change, with lots every 5 h 17 min
+    zones = {1: "America/New_York", 2: "Australia/Sydney", 3: "Asia/Kolkata", 4: None}
+    first = datetime(2026, 9, 25, tzinfo=UTC)
+    instants = [first + timedelta(minutes=317 * n) for n in range(200)]
+    seed(
+        engine,
+        zones,
+        [(member_id, t.isoformat(), 1, 0) for member_id in zones for t in instants],
+    )
+    # When the deadlines of 28 Sep to 4 Nov are read
+    start, end = date(2026, 9, 28), date(2026, 11, 4)
+    rows = expiring(engine, start, end)
+    # Then each date counts the lots whose local date it is, by zoneinfo's conversion
+    expected = []
+    for member_id, name in zones.items():
+        days = [t.astimezone(ZoneInfo(name or "UTC")).date() for t in instants]
+        expected += [(member_id, d, days.count(d)) for d in sorted(set(days)) if start <= d <= end]
     assert rows == expected
 
 
