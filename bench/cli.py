@@ -3,6 +3,7 @@
     python -m bench all --members 1000000
     python -m bench segments expiry --members 100000 --repeat 5
     python -m bench broadcast --members 20000 --channels email,sms --keep
+    python -m bench caps --members 20000
     python -m bench plot bench/results/run-20260101T120000Z.json
     python -m bench table bench/results/run-20260101T120000Z.json
 
@@ -26,7 +27,7 @@ from rich.console import Console
 
 from .environment import BENCH_DIR, BenchEnv, BenchOptions
 from .report import ScenarioResult, markdown, print_result, write_json
-from .scenarios import broadcast, expiry_scan, raw, segment_eval, tick
+from .scenarios import broadcast, capped, expiry_scan, raw, segment_eval, tick
 
 __all__ = ["SCENARIOS", "main"]
 
@@ -38,10 +39,11 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "segments": ("a", lambda env, args: segment_eval.run(env)),
     "expiry": ("b", lambda env, args: expiry_scan.run(env)),
     "broadcast": ("c", lambda env, args: broadcast.run(env, args.channels)),
+    "caps": ("d", lambda env, args: capped.run(env, args.channels)),
     "tick": ("e", lambda env, args: tick.run(env)),
     "raw": ("ii", lambda env, args: raw.run(env, args.channels)),
 }
-ALL = ("segments", "expiry", "broadcast", "tick")
+ALL = ("segments", "expiry", "broadcast", "caps", "tick")
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,13 @@ from bench.cli import main
 from bench.environment import database_on
 from bench.meters import Intake, check_intake
 from bench.scenarios.broadcast import KINDS, throughput_series
+from bench.scenarios.capped_world import caps_policy, quiet_window
 from bench.scenarios.segment_eval import RULES
 from segments import evaluate_rule, parse_rule
 from store import Consent, Member, PointLot, PushToken, make_engine, set_clock
 from workers.policy import valid_email, valid_phone
+from workers.program import parse_program
+from workers.quiet_hours import is_quiet
 
 from .conftest import PG_ADMIN_URL, REDIS_TEST_URL, require_postgres, require_redis
 
@@ -165,3 +168,19 @@ def test_members_sharing_a_phone_each_count_once() -> None:
     """Two members with one number are two expected messages, not a duplicate."""
     shared = Counter({"twilio:+15550001": 2})
     check_intake("ours sms", Intake(messages=2, recipients=Counter(shared)), Counter(shared))
+
+
+def test_the_quiet_minute_of_scenario_d_is_one_no_zone_reaches() -> None:
+    """Scenario d's quiet window lies where no member's clock goes during the horizon."""
+    zones = ["America/New_York", "Europe/Paris", "Asia/Tokyo", "Asia/Kolkata", "UTC"]
+    now = datetime(2026, 11, 23, 6, 59, 30, tzinfo=UTC)
+    horizon = timedelta(hours=2)
+    window = quiet_window(zones, now, horizon)
+    assert window.zones_inside == 0
+    program = parse_program(caps_policy(window))
+    for zone in zones:
+        for minutes in range(0, 121, 5):
+            at = now + timedelta(minutes=minutes)
+            assert not is_quiet(at, zone, program.quiet_hours_for("sms")), (zone, at)
+            assert not is_quiet(at, zone, program.quiet_hours_for("email")), (zone, at)
+    assert [rule.name for rule in program.caps] == ["marketing-weekly", "sms-daily"]

@@ -33,7 +33,6 @@ from store import (
     Campaign,
     CampaignRun,
     CampaignStatus,
-    Delivery,
     DeliveryStatus,
     Member,
     RunStatus,
@@ -43,6 +42,7 @@ from store import (
 )
 
 from .jobs import enqueue_deliver
+from .ledger import deliveries
 from .recurrence import run_wall
 from .runtime import Runtime
 from .timing import RunTiming, row_timing
@@ -187,8 +187,12 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
                             "channel": None,
                         }
                     )
-            stmt = insert_ignore(dialect, Delivery, rows, ["dedupe_key"])
-            inserted = session.execute(stmt.returning(Delivery.id, Delivery.status)).all()
+            # executemany, not one literal VALUES list: the statement compiles once and
+            # is cached, and SQLAlchemy batches the rows ("insertmanyvalues") with
+            # RETURNING, which yields only the rows inserted (a conflict returns none).
+            stmt = insert_ignore(dialect, deliveries, None, ["dedupe_key"])
+            returning = stmt.returning(deliveries.c.id, deliveries.c.status)
+            inserted = session.execute(returning, rows).all()
             new_ids = [i for i, status in inserted if status == DeliveryStatus.PENDING]
             written_now = len(inserted)
             last = ids[-1]
