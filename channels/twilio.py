@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Mapping
@@ -118,8 +119,9 @@ class _RoutedHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships
     The session does not consult the environment on each request
     (``trust_env`` off): requests would otherwise look for proxy variables
     and read ``~/.netrc`` for every message, a quarter of the channel's CPU
-    per SMS. The proxy the environment names for ``base_url``
-    (``HTTPS_PROXY``, ``NO_PROXY``) is read once, here, and kept.
+    per SMS. What requests would have read there is read once, here, and
+    kept: the proxy the environment names for ``base_url`` (``HTTPS_PROXY``,
+    ``NO_PROXY``) and a CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``).
     """
 
     def __init__(self, base_url: str, timeout: float) -> None:
@@ -127,6 +129,9 @@ class _RoutedHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships
         super().__init__(pool_connections=True, timeout=timeout, proxy=proxies or None)
         if self.session is not None:
             self.session.trust_env = False
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if bundle:
+                self.session.verify = bundle
         target = urlsplit(base_url)
         self._scheme = target.scheme
         self._netloc = target.netloc

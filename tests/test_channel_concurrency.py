@@ -77,7 +77,7 @@ def test_twilio_refuses_a_concurrency_below_one() -> None:
 
 
 def test_twilio_reads_the_proxy_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HTTPS_PROXY is honoured, read when the channel is built; requests then skip the lookup."""
+    """HTTPS_PROXY and a CA bundle are honoured, read when the channel is built, not per request."""
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
@@ -85,4 +85,7 @@ def test_twilio_reads_the_proxy_from_the_environment_once(monkeypatch: pytest.Mo
     assert channel._http.proxy == {"https": "http://proxy.example:3128"}
     assert channel._http.session.trust_env is False
     monkeypatch.setenv("NO_PROXY", "api.twilio.com")
-    assert TwilioSmsChannel("AC1", "token", from_number="+15550001")._http.proxy == {}
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corporate.pem")
+    again = TwilioSmsChannel("AC1", "token", from_number="+15550001")
+    assert again._http.proxy == {}
+    assert again._http.session.verify == "/etc/ssl/corporate.pem"
