@@ -273,7 +273,7 @@ def test_a_plan_killed_midway_leaves_nothing_and_runs_again(
     # When the plan dies while writing its third chunk
     import workers.reminders as reminders
 
-    real, calls = reminders.insert_ignore, []
+    real, calls = reminders.insert_ignore_many, []
 
     def dying(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
@@ -281,14 +281,14 @@ def test_a_plan_killed_midway_leaves_nothing_and_runs_again(
             raise RuntimeError("worker killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(reminders, "insert_ignore", dying)
+    monkeypatch.setattr(reminders, "insert_ignore_many", dying)
     with pytest.raises(RuntimeError, match="worker killed"):
         plan_run(rt, run_id)
     # Then nothing was written and the run is still planning
     assert rows(sessions) == []
     assert runs(sessions)[0].status == RunStatus.PLANNING
     # When the plan runs again
-    monkeypatch.setattr(reminders, "insert_ignore", real)
+    monkeypatch.setattr(reminders, "insert_ignore_many", real)
     result = plan_run(rt, run_id)
     # Then every reminder is written once and the run is planned
     assert (result.written, len(rows(sessions))) == (3, 3)

@@ -37,9 +37,9 @@ from store import (
     Member,
     RunStatus,
     affected_rows,
-    insert_ignore,
     utcnow,
 )
+from store.bulk import insert_ignore_many
 
 from .jobs import enqueue_deliver
 from .ledger import deliveries
@@ -187,12 +187,10 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
                             "channel": None,
                         }
                     )
-            # executemany, not one literal VALUES list: the statement compiles once and
-            # is cached, and SQLAlchemy batches the rows ("insertmanyvalues") with
-            # RETURNING, which yields only the rows inserted (a conflict returns none).
-            stmt = insert_ignore(dialect, deliveries, None, ["dedupe_key"])
-            returning = stmt.returning(deliveries.c.id, deliveries.c.status)
-            inserted = session.execute(returning, rows).all()
+            # RETURNING yields only the rows inserted: a conflict returns none.
+            inserted = insert_ignore_many(
+                session, deliveries, rows, ["dedupe_key"], [deliveries.c.id, deliveries.c.status]
+            )
             new_ids = [i for i, status in inserted if status == DeliveryStatus.PENDING]
             written_now = len(inserted)
             last = ids[-1]

@@ -67,9 +67,9 @@ from store import (
     Member,
     RunStatus,
     affected_rows,
-    insert_ignore,
     utcnow,
 )
+from store.bulk import insert_ignore_many
 
 from .campaigns import CampaignSpec
 from .jobs import chunked, enqueue_deliver
@@ -237,7 +237,6 @@ def _write(
         if spec.segment is not None
         else None
     )
-    dialect = session.get_bind().dialect.name
     batch = rt.settings.batch_size
     size = max(batch // len(channels) if per_channel else batch, 1)
     for chunk in chunked(_due(session, window, spec, rt.program), size):
@@ -260,10 +259,8 @@ def _write(
         ]
         if not rows:
             continue
-        # executemany, not one VALUES list: the statement compiles once and is cached,
-        # and SQLAlchemy batches the rows ("insertmanyvalues") with RETURNING.
-        stmt = insert_ignore(dialect, deliveries, None, ["dedupe_key"])
-        new_ids = sorted(session.scalars(stmt.returning(deliveries.c.id), rows))
+        inserted = insert_ignore_many(session, deliveries, rows, ["dedupe_key"], [deliveries.c.id])
+        new_ids = sorted(delivery_id for (delivery_id,) in inserted)
         if new_ids:
             yield new_ids
 

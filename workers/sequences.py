@@ -58,9 +58,9 @@ from store import (
     Enrollment,
     EnrollmentStatus,
     Member,
-    insert_ignore,
     utcnow,
 )
+from store.bulk import insert_ignore_many
 
 from .campaigns import CampaignSpec
 from .jobs import chunked, enqueue_deliver
@@ -337,16 +337,14 @@ def _enroll_chunk(
             skip(member_id, status)
     if not wanted:
         return []
-    dialect = session.get_bind().dialect.name
-    # executemany with RETURNING: compiled once, sent as batched multi-row INSERTs by
-    # SQLAlchemy ("insertmanyvalues"); a literal multi-row VALUES would be compiled per chunk.
     enrollments = cast(Table, Enrollment.__table__)
-    inserted = session.execute(
-        insert_ignore(dialect, enrollments, None, ["campaign_id", "member_id", "cycle"]).returning(
-            enrollments.c.id, enrollments.c.member_id, enrollments.c.cycle
-        ),
+    inserted = insert_ignore_many(
+        session,
+        enrollments,
         wanted,
-    ).all()
+        ["campaign_id", "member_id", "cycle"],
+        [enrollments.c.id, enrollments.c.member_id, enrollments.c.cycle],
+    )
     won = {member_id for _, member_id, _ in inserted}
     for row in wanted:
         if row["member_id"] not in won:  # a concurrent enrollment of the same member won
@@ -365,9 +363,10 @@ def _enroll_chunk(
     if not rows:
         return []
     deliveries = cast(Table, Delivery.__table__)
-    stmt = insert_ignore(dialect, deliveries, None, ["dedupe_key"])
-    returning = stmt.returning(deliveries.c.id, deliveries.c.status)
-    for delivery_id, status in session.execute(returning, rows):
+    returning = [deliveries.c.id, deliveries.c.status]
+    for delivery_id, status in insert_ignore_many(
+        session, deliveries, rows, ["dedupe_key"], returning
+    ):
         if status == DeliveryStatus.PENDING:
             due.append(delivery_id)
     return sorted(due)

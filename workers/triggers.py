@@ -60,14 +60,15 @@ from store import (
     DeliveryStatus,
     Member,
     RunStatus,
-    insert_ignore,
     utcnow,
 )
+from store.bulk import insert_ignore_many
 from store.models import Segment, SegmentMember
 
 from .campaigns import CampaignSpec
 from .compose import Closed
 from .jobs import chunked, enqueue_deliver
+from .ledger import deliveries
 from .planning import PlanResult
 from .planning import _finish as finish_run  # the kinds' planners build on planning
 from .program import Program
@@ -245,11 +246,8 @@ def _write_trigger_run(
         for member_id in members
         for channel in per_channel
     ]
-    # One statement compiled once and executed with many parameter sets
-    # (SQLAlchemy's insertmanyvalues), rather than a 1000-row VALUES to compile per chunk.
-    stmt = insert_ignore(session.get_bind().dialect.name, Delivery, None, ["dedupe_key"])
     for chunk in chunked(rows, _CHUNK):
-        session.execute(stmt, chunk)
+        insert_ignore_many(session, deliveries, chunk, ["dedupe_key"])
     session.execute(
         update(CampaignRun).where(CampaignRun.id == run_id).values(planned_count=len(rows))
     )
