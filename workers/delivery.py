@@ -44,6 +44,7 @@ from store import (
     RunStatus,
     utcnow,
 )
+from store.bulk import among
 
 from .capping import apply_caps
 from .compose import Closed, Deferred, compose
@@ -77,7 +78,7 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
         rows = list(
             session.scalars(
                 select(Delivery).where(
-                    Delivery.id.in_(delivery_ids),
+                    among(session, Delivery.id, delivery_ids),
                     Delivery.status.in_(OPEN),
                     or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
                 )
@@ -87,7 +88,8 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
             return result
         member_ids = {row.member_id for row in rows}
         members = {
-            m.id: m for m in session.scalars(select(Member).where(Member.id.in_(member_ids)))
+            m.id: m
+            for m in session.scalars(select(Member).where(among(session, Member.id, member_ids)))
         }
         consents, tokens = load_reachability(session, member_ids)
         campaign_status = dict(
@@ -171,7 +173,7 @@ def _send_chunk(
             for row in session.execute(
                 update(Delivery)
                 .where(
-                    Delivery.id.in_([m.delivery_id for m in chunk]),
+                    among(session, Delivery.id, [m.delivery_id for m in chunk]),
                     Delivery.status.in_(OPEN),
                     or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
                     # Cancel and pause take effect here, on every worker, at once.

@@ -16,6 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from store import Delivery, DeliveryStatus, affected_rows
+from store.bulk import among
 
 __all__ = ["LEASE_EXPIRED_DETAIL", "expire_leases"]
 
@@ -26,7 +27,7 @@ def expire_leases(session: Session, now: datetime, ids: Sequence[int] | None = N
     """Resolve expired leases (of ``ids``, or of every row); return how many rows changed."""
     expired = [Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now]
     if ids is not None:
-        expired.append(Delivery.id.in_(list(ids)))
+        expired.append(among(session, Delivery.id, ids))
     unknown = session.execute(
         update(Delivery)
         .where(*expired, Delivery.resend_on_ambiguous.is_(False))

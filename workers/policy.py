@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from store import Consent, ConsentStatus, Member, PushToken
+from store.bulk import among
 
 __all__ = [
     "Route",
@@ -169,12 +170,14 @@ def load_reachability(
     (not revoked) in the order they were registered.
     """
     consents: dict[int, dict[str, Consent]] = defaultdict(dict)
-    for consent in session.scalars(select(Consent).where(Consent.member_id.in_(member_ids))):
+    for consent in session.scalars(
+        select(Consent).where(among(session, Consent.member_id, member_ids))
+    ):
         consents[consent.member_id][consent.channel] = consent
     tokens: dict[int, list[PushToken]] = defaultdict(list)
     for token in session.scalars(
         select(PushToken)
-        .where(PushToken.member_id.in_(member_ids), PushToken.revoked_at.is_(None))
+        .where(among(session, PushToken.member_id, member_ids), PushToken.revoked_at.is_(None))
         .order_by(PushToken.id)
     ):
         tokens[token.member_id].append(token)

@@ -1,4 +1,4 @@
-"""store.bulk.insert_ignore_many: the same rows land the same way on SQLite and PostgreSQL."""
+"""store.bulk: page-sized inserts and id lists behave the same on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy import Engine, Table, select
 from sqlalchemy.exc import StatementError
 
 from store import CampaignVersion, Delivery, Member, ProviderEvent, make_sessionmaker
-from store.bulk import insert_ignore_many
+from store.bulk import among, insert_ignore_many
 from tests.support import add_member, create, write_campaign
 
 deliveries = cast(Table, Delivery.__table__)
@@ -128,3 +128,24 @@ def test_bad_rows_are_refused_before_anything_is_written(engine: Engine) -> None
     with sessions() as session:
         assert session.scalar(select(ProviderEvent.id)) is None
         assert session.scalar(select(Member.id)) is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 1500])
+def test_among_selects_exactly_the_listed_values(engine: Engine, size: int) -> None:
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        session.execute(
+            events.insert(),
+            [{"provider": "p", "event_id": f"E{i}", "received_at": NOW} for i in range(3100)],
+        )
+    wanted = [f"E{i}" for i in range(0, 2 * size, 2)] + ["missing"]
+    with sessions() as session:
+        found = session.scalars(
+            select(ProviderEvent.event_id).where(among(session, ProviderEvent.event_id, wanted))
+        ).all()
+        ids = session.scalars(select(ProviderEvent.id).order_by(ProviderEvent.id).limit(5)).all()
+        by_id = session.scalars(
+            select(ProviderEvent.id).where(among(session, ProviderEvent.id, iter(ids[1:4])))
+        ).all()
+    assert sorted(found) == sorted(wanted[:-1])
+    assert sorted(by_id) == ids[1:4]
