@@ -66,6 +66,8 @@ class OurRun:
     started_at: float
     peak_process_mib: float
     peak_total_mib: float
+    cpu_seconds: float
+    """CPU the worker processes used, from the tick to the end of the run."""
     recipients: Counter[str]
     """What the ledger says was sent, as :func:`bench.meters.check_intake` compares it."""
 
@@ -151,6 +153,7 @@ def measure_broadcast(
         started_at=started,
         peak_process_mib=rss.peak_process_mib,
         peak_total_mib=rss.peak_total_mib,
+        cpu_seconds=rss.cpu_seconds,
         recipients=recipients,
     )
 

@@ -61,6 +61,8 @@ class NaiveRun:
     intake: Intake
     peak_process_mib: float
     peak_total_mib: float
+    cpu_seconds: float
+    """CPU the worker processes used, from the first enqueue to the end."""
     recipients: Counter[str]
     """What ``bench_naive_sends`` says was sent (see :func:`bench.meters.check_intake`)."""
 
@@ -157,6 +159,7 @@ def measure_naive(
         intake=intake,
         peak_process_mib=rss.peak_process_mib,
         peak_total_mib=rss.peak_total_mib,
+        cpu_seconds=rss.cpu_seconds,
         recipients=recipients,
     )
 

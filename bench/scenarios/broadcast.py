@@ -186,6 +186,7 @@ def _result(
         row.add("first send", done.first_send_seconds, "s")
         row.add("worker peak RSS", done.peak_process_mib, "MiB")
         row.add("workers total RSS", done.peak_total_mib, "MiB")
+        row.add("worker CPU/1k msgs", 1000 * done.cpu_seconds / max(done.sent, 1), "s")
         result.series[f"ours {kind}"] = throughput_series(done.intake.timeline, done.started_at)
         if kind in naive:
             n = naive[kind]
@@ -197,6 +198,7 @@ def _result(
             row.add("msgs/s", n.throughput, "msg/s")
             row.add("worker peak RSS", n.peak_process_mib, "MiB")
             row.add("workers total RSS", n.peak_total_mib, "MiB")
+            row.add("worker CPU/1k msgs", 1000 * n.cpu_seconds / max(n.sent, 1), "s")
             result.ratios.append(
                 Ratio(
                     f"{kind} ours/naive",

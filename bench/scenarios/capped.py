@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-import psutil
 from sqlalchemy import func, select
 
 from channels.fakes.sendgrid import FakeSendGrid
@@ -44,7 +43,7 @@ from workers.jobs import QUEUES
 from workers.runtime import program_for
 
 from ..environment import BenchEnv
-from ..meters import FakeMeter, check_intake
+from ..meters import FakeMeter, check_intake, tree_cpu_seconds
 from ..ours import OurRun, measure_broadcast, write_campaign
 from ..pool import running_workers
 from ..report import Ratio, ScenarioResult
@@ -142,9 +141,9 @@ def _measure(env: BenchEnv, settings: Settings, meter: FakeMeter, kind: str, lab
         ) as group:
             path = write_campaign(env, f"{kind}-{label}", KINDS[kind])
             assert group.pid is not None
-            cpu_before = worker_cpu_seconds(group.pid)
+            cpu_before = tree_cpu_seconds(group.pid)
             done = measure_broadcast(env, settings, broker, group, meter, path)
-            cpu = worker_cpu_seconds(group.pid) - cpu_before
+            cpu = tree_cpu_seconds(group.pid) - cpu_before
     finally:
         close_broker(broker)
     check_intake(f"{label} {kind}", done.intake, done.recipients)
@@ -174,19 +173,6 @@ def _measure(env: BenchEnv, settings: Settings, meter: FakeMeter, kind: str, lab
         f" workers used {cpu:.1f} CPU s)"
     )
     return result
-
-
-def worker_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` and its children."""
-    root = psutil.Process(pid)
-    total = 0.0
-    for process in (root, *root.children(recursive=True)):
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 def _result(
