@@ -33,10 +33,12 @@ from zoneinfo import ZoneInfo
 import redis
 from sqlalchemy import Interval, insert, literal, select, update
 
+from loyalcast.settings import Settings
 from store import CampaignRun, Delivery, DeliveryStatus, Member, RunStatus
 from workers.catalog import create_campaign
 from workers.ledger import deliveries
 from workers.program import Program
+from workers.runtime import Runtime
 
 from ..environment import BenchEnv
 from ..ours import write_campaign
@@ -178,6 +180,35 @@ def clear_counters(env: BenchEnv, namespace: str) -> int:
         return len(keys)
     finally:
         client.close()
+
+
+def warm_counters(env: BenchEnv, settings: Settings, page: int = 1000) -> int:
+    """Rebuild every member's cap counters from the ledger, as a worker would on first use.
+
+    Returns how many members were rebuilt.
+    """
+    runtime = Runtime(settings)
+    try:
+        counter = runtime.caps
+        if counter is None:
+            raise RuntimeError("the capped settings declare no caps")
+        now, last, done = utc_now(), 0, 0
+        while True:
+            with env.engine.connect() as conn:
+                zones = dict(
+                    conn.execute(
+                        select(Member.id, Member.time_zone)
+                        .where(Member.id > last)
+                        .order_by(Member.id)
+                        .limit(page)
+                    ).all()
+                )
+            if not zones:
+                return done
+            counter.rebuild_members(list(zones), now=now, time_zones=zones)
+            last, done = max(zones), done + len(zones)
+    finally:
+        runtime.close()
 
 
 def utc_now() -> datetime:
