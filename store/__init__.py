@@ -1,6 +1,7 @@
 """The store: the source of truth for members, campaigns and every delivery.
 
-Models (``store.models``), engines and sessions (``store.engine``), Alembic
+Models (``store.models``), engines and sessions (``store.engine``), page-sized
+inserts and id lists as each database runs them fastest (``store.bulk``), Alembic
 migrations (``store.migrate``) and member imports (``store.importer``). The
 store imports nothing else of loyalcast's.
 """
