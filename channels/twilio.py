@@ -2,9 +2,10 @@
 
 :class:`TwilioSmsChannel` counts a message's segments before anything leaves
 (a text longer than the campaign allows is refused without a request), takes a
-token from the rate limiter, then creates the Message resource with
-``twilio.rest.Client``. Twilio's errors are translated in one table
-(:data:`TWILIO_ERROR_KINDS`) and one helper (:func:`_translate`)::
+token from the rate limiter (a batch takes its tokens with one call), then
+creates the Message resource with ``twilio.rest.Client``. Twilio's errors are
+translated in one table (:data:`TWILIO_ERROR_KINDS`) and one helper
+(:func:`_translate`)::
 
     HTTP 429, code 20429      -> TransientDeliveryError(retry_after), limiter blocked
     HTTP 5xx                  -> TransientDeliveryError (retry_after if Retry-After)
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -43,7 +44,7 @@ import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.rest import Client
 
-from .base import BatchChannel, Message, Receipt
+from .base import BatchChannel, Message, Outcome, Receipt
 from .errors import (
     DeliveryError,
     InvalidRecipient,
@@ -201,6 +202,70 @@ class TwilioSmsChannel(BatchChannel):
             TransientDeliveryError: Rate limited (the limiter is blocked for
                 ``retry_after``), Twilio unavailable, a network error or a timeout.
         """
+        params = self._params(message)
+        self.limiter.wait()
+        return self._create(params)
+
+    def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Send each message (``concurrency`` at a time); outcomes in the messages' order.
+
+        Rate-limit tokens are taken for the whole batch with one limiter call
+        (:meth:`RateLimiter.acquire`) rather than one per message; a partial
+        grant sends that many, then asks again for the rest. A message the
+        limiter has no token for soon enough fails transient, as :meth:`send`
+        would. Messages refused before any request (no text, too many
+        segments) take no token. When a request in a group is rate limited
+        (HTTP 429), the group's requests not yet started are not sent: they
+        fail transient with the same ``retry_after``.
+        """
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        ready: list[tuple[int, dict[str, str]]] = []
+        for index, message in enumerate(messages):
+            try:
+                ready.append((index, self._params(message)))
+            except DeliveryError as exc:
+                outcomes[index] = exc
+        while ready:
+            try:
+                granted = self.limiter.acquire(len(ready))
+            except TransientDeliveryError as exc:
+                for index, _ in ready:
+                    outcomes[index] = exc
+                break
+            group, ready = ready[:granted], ready[granted:]
+            for (index, _), outcome in zip(
+                group, self._send_group([p for _, p in group]), strict=True
+            ):
+                outcomes[index] = outcome
+        done = [outcome for outcome in outcomes if outcome is not None]
+        if len(done) != len(messages):
+            raise RuntimeError("a message of the batch got no outcome")
+        return done
+
+    def _send_group(self, group: list[dict[str, str]]) -> list[Outcome]:
+        """Create each message of ``group`` (its tokens are taken), stopping at a rate limit."""
+        halted: list[TransientDeliveryError] = []
+
+        def attempt(params: dict[str, str]) -> Outcome:
+            if halted:
+                return TransientDeliveryError(
+                    f"not sent: Twilio rate limited this batch ({halted[0].detail})",
+                    retry_after=halted[0].retry_after,
+                    code=halted[0].code,
+                )
+            try:
+                return self._create(params)
+            except DeliveryError as exc:
+                if isinstance(exc, TransientDeliveryError) and exc.retry_after is not None:
+                    halted.append(exc)
+                return exc
+
+        if self.concurrency > 1 and len(group) > 1:
+            return list(self._executor().map(attempt, group))
+        return [attempt(params) for params in group]
+
+    def _params(self, message: Message) -> dict[str, str]:
+        """The SDK's ``messages.create`` arguments for ``message``, or why it cannot be sent."""
         text = message.parts.get("text", "")
         if not text:
             raise PermanentDeliveryError("the SMS has no text part")
@@ -218,7 +283,10 @@ class TwilioSmsChannel(BatchChannel):
             params["messaging_service_sid"] = self.messaging_service_sid
         if self.status_callback:
             params["status_callback"] = self.status_callback
-        self.limiter.wait()
+        return params
+
+    def _create(self, params: dict[str, str]) -> Receipt:
+        """One Messages request, its token taken; a Retry-After blocks the limiter."""
         try:
             created = self._client.messages.create(**params)
         except (TwilioException, requests.RequestException, json.JSONDecodeError) as exc:

@@ -146,10 +146,15 @@ class RecordingLimiter:
 
     def __init__(self) -> None:
         self.waits = 0
+        self.acquired: list[int] = []
         self.blocks: list[float] = []
 
     def wait(self) -> None:
         self.waits += 1
+
+    def acquire(self, count: int) -> int:
+        self.acquired.append(count)
+        return count
 
     def block(self, seconds: float) -> None:
         self.blocks.append(seconds)
