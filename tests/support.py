@@ -156,6 +156,11 @@ class RecordingLimiter:
         self.acquired.append(count)
         return count
 
+    @property
+    def tokens(self) -> int:
+        """Tokens taken, one per wait() and ``count`` per acquire()."""
+        return self.waits + sum(self.acquired)
+
     def block(self, seconds: float) -> None:
         self.blocks.append(seconds)
 
