@@ -20,7 +20,7 @@ The SDK has no base-URL setting (DESIGN.md, twilio traps): its HTTP client is
 of ``https://api.twilio.com`` URLs for ``base_url``, sets the timeout on every
 request and remembers each thread's last response headers, because the SDK's
 exceptions drop them and Retry-After lives there. It sends through urllib3
-rather than ``requests`` (a millisecond of CPU less per SMS) but raises
+rather than ``requests`` (0.3-0.4 ms of CPU less per SMS) but raises
 requests' exception types, which :func:`_translate` reads. The SDK does not
 retry 429s and the transport retries nothing, so a request is sent at most
 once per message.

@@ -1,8 +1,10 @@
 """The HTTP client under the Twilio SDK: urllib3 directly, routed to a base URL.
 
 The SDK's own ``TwilioHttpClient`` sends through a ``requests.Session``,
-which costs about 1 ms of CPU per SMS above a plain ``http.client`` request
-(preparing, merging settings, a cookie jar, hooks, charset guessing).
+whose per-request machinery (preparing, merging settings, a cookie jar,
+hooks, charset handling) costs a third of a millisecond of CPU per request:
+0.95 ms per ``send`` against the fake through requests, 0.61 ms through
+urllib3 directly.
 :class:`TwilioTransport` is a ``twilio.http.HttpClient`` that sends the same
 bytes through a urllib3 ``PoolManager`` instead; the SDK above it
 (``client.messages.create`` and the rest) is unchanged.
