@@ -146,10 +146,20 @@ class RecordingLimiter:
 
     def __init__(self) -> None:
         self.waits = 0
+        self.acquired: list[int] = []
         self.blocks: list[float] = []
 
     def wait(self) -> None:
         self.waits += 1
+
+    def acquire(self, count: int) -> int:
+        self.acquired.append(count)
+        return count
+
+    @property
+    def tokens(self) -> int:
+        """Tokens taken, one per wait() and ``count`` per acquire()."""
+        return self.waits + sum(self.acquired)
 
     def block(self, seconds: float) -> None:
         self.blocks.append(seconds)

@@ -81,11 +81,13 @@ def test_twilio_reads_the_proxy_from_the_environment_once(monkeypatch: pytest.Mo
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     channel = TwilioSmsChannel("AC1", "token", from_number="+15550001")
     assert channel._http.proxy == {"https": "http://proxy.example:3128"}
-    assert channel._http.session.trust_env is False
+    assert channel._http.ca_bundle is None
     monkeypatch.setenv("NO_PROXY", "api.twilio.com")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corporate.pem")
     again = TwilioSmsChannel("AC1", "token", from_number="+15550001")
     assert again._http.proxy == {}
-    assert again._http.session.verify == "/etc/ssl/corporate.pem"
+    assert again._http.ca_bundle == "/etc/ssl/corporate.pem"

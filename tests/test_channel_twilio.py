@@ -25,6 +25,7 @@ from channels import (
 )
 from channels.fakes import FakeProvider, Scripted, SpecUnavailable
 from channels.fakes.twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio, twilio_spec
+from channels.ratelimit import TokenBucket
 from channels.twilio import TwilioSmsChannel
 
 from .support import RecordingLimiter
@@ -187,6 +188,93 @@ def test_send_batch_keeps_order_and_isolates_failures(
     assert [Receipt, InvalidRecipient, Receipt] == [type(o) for o in outcomes]
     assert getattr(outcomes[1], "code", None) == "21211"
     assert len(fake.messages) == 2
+
+
+class GrantingLimiter(RecordingLimiter):
+    """Grants batches as scripted (then everything), or refuses once the script says None."""
+
+    def __init__(self, grants: list[int | None]) -> None:
+        super().__init__()
+        self.grants = grants
+
+    def acquire(self, count: int) -> int:
+        self.acquired.append(count)
+        if not self.grants:
+            return count
+        grant = self.grants.pop(0)
+        if grant is None:
+            raise TransientDeliveryError("rate limit: next slot in 9.0 s", retry_after=9.0)
+        return min(grant, count)
+
+
+def test_a_batch_takes_its_tokens_with_one_limiter_call(
+    fake: FakeTwilio, make_channel: Callable[..., TwilioSmsChannel], limiter: RecordingLimiter
+) -> None:
+    """One acquire for the sendable messages; a message refused before sending takes none."""
+    channel = make_channel(concurrency=4)
+    batch = [sms(delivery_id=i) for i in range(5)] + [sms("", delivery_id=9)]
+    outcomes = channel.send_batch(batch)
+    assert [Receipt] * 5 + [PermanentDeliveryError] == [type(o) for o in outcomes]
+    assert (limiter.acquired, limiter.waits) == ([5], 0)
+    assert len(fake.messages) == 5
+
+
+def test_partial_grants_send_that_many_then_ask_again(
+    fake: FakeTwilio, make_channel: Callable[..., TwilioSmsChannel]
+) -> None:
+    """Grants of 2, then 1, then the rest: every message sent once, in three rounds."""
+    limiter = GrantingLimiter([2, 1])
+    channel = make_channel(limiter=limiter, concurrency=4)
+    outcomes = channel.send_batch([sms(delivery_id=i, to=f"+1555123456{i}") for i in range(6)])
+    assert all(isinstance(o, Receipt) for o in outcomes)
+    assert limiter.acquired == [6, 4, 3]
+    assert sorted(m["to"] for m in fake.messages) == [f"+1555123456{i}" for i in range(6)]
+
+
+def test_messages_without_a_token_in_time_fail_transient(
+    fake: FakeTwilio, make_channel: Callable[..., TwilioSmsChannel]
+) -> None:
+    """Granted messages go; the rest get the limiter's deferral, and are never sent."""
+    limiter = GrantingLimiter([2, None])
+    channel = make_channel(limiter=limiter, concurrency=4)
+    outcomes = channel.send_batch([sms(delivery_id=i) for i in range(5)])
+    assert [Receipt, Receipt] == [type(o) for o in outcomes[:2]]
+    assert all(isinstance(o, TransientDeliveryError) and o.retry_after == 9.0 for o in outcomes[2:])
+    assert len(fake.requests) == 2
+
+
+def test_a_rate_limited_request_stops_the_rest_of_its_group(
+    fake: FakeTwilio, make_channel: Callable[..., TwilioSmsChannel], limiter: RecordingLimiter
+) -> None:
+    """After a 429 the group's unsent messages are not sent: transient, the same Retry-After."""
+    channel = make_channel()  # one at a time, so the 429 comes first
+    fake.rate_limit_next(retry_after=7)
+    outcomes = channel.send_batch([sms(delivery_id=i) for i in range(3)])
+    assert all(isinstance(o, TransientDeliveryError) and o.retry_after == 7.0 for o in outcomes)
+    assert "not sent" in str(outcomes[2])
+    assert (len(fake.requests), limiter.blocks) == (1, [7.0])
+
+
+@pytest.mark.redis
+def test_a_batch_through_a_real_bucket_keeps_to_the_rate(
+    fake: FakeTwilio,
+    make_channel: Callable[..., TwilioSmsChannel],
+    redis_url: str,
+    redis_namespace: str,
+) -> None:
+    """16 messages, 4 at a time, through a bucket of 40/s with a burst of 4: paced, all sent."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    bucket = TokenBucket(client, f"{redis_namespace}:rate:twilio", rate=40, burst=4)
+    channel = make_channel(limiter=bucket, concurrency=4)
+    outcomes = channel.send_batch([sms(delivery_id=i) for i in range(16)])
+    client.close()
+    assert all(isinstance(o, Receipt) for o in outcomes)
+    times = sorted(r.at for r in fake.requests)
+    # The i-th token comes (i - 3) / 40 s after the first four; a request follows its token.
+    for i in range(4, 16):
+        assert times[i] - times[0] >= (i - 3) / 40 - 0.02
 
 
 # --- errors ----------------------------------------------------------------

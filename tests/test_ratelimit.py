@@ -76,3 +76,52 @@ def test_a_short_wait_is_slept_not_deferred(client, redis_namespace):
     started = time.monotonic()
     bucket.wait()
     assert 0.05 < time.monotonic() - started < 0.5
+
+
+def test_acquire_grants_what_the_bucket_holds_up_to_the_count(client, redis_namespace):
+    """A batch asking for 20 gets the 5 there are; then one at a time, paced at the rate."""
+    bucket = TokenBucket(client, f"{redis_namespace}:rate:batch", rate=20, burst=5)
+    assert bucket.try_take_up_to(3) == (3, 0.0)
+    assert bucket.try_take_up_to(20)[0] == 2
+    granted, wait = bucket.try_take_up_to(20)
+    assert granted == 0
+    assert 0 < wait <= 0.05
+    started = time.monotonic()
+    assert bucket.acquire(20) == 1
+    assert 0.02 < time.monotonic() - started < 0.3
+
+
+def test_acquire_in_batches_never_outruns_the_rate(client, redis_namespace):
+    """Four threads taking batches of 8 for a second get about burst + rate tokens in all."""
+    key = f"{redis_namespace}:rate:batches"
+    taken: list[int] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 1.0
+
+    def worker() -> None:
+        own = redis.Redis(connection_pool=client.connection_pool)
+        bucket = TokenBucket(own, key, rate=40, burst=10)
+        while time.monotonic() < deadline:
+            granted = bucket.acquire(8)
+            with lock:
+                taken.append(granted)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 10 at once, then 40/s for about a second (plus the last grants after the deadline)
+    assert 40 <= sum(taken) <= 10 + 40 * 1.2 + 4
+    assert all(1 <= g <= 8 for g in taken)
+
+
+def test_acquire_defers_when_blocked_beyond_max_wait(client, redis_namespace):
+    """A blocked bucket grants nothing; past max_wait the batch is told when to come back."""
+    bucket = TokenBucket(client, f"{redis_namespace}:rate:batch-blocked", rate=100, max_wait=0.1)
+    bucket.block(3)
+    assert bucket.try_take_up_to(5)[0] == 0
+    with pytest.raises(TransientDeliveryError) as info:
+        bucket.acquire(5)
+    assert info.value.retry_after is not None
+    assert 2.5 < info.value.retry_after <= 3.0
