@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import requests
-from urllib3.exceptions import ProtocolError
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from .errors import TransientDeliveryError
 
@@ -38,11 +38,23 @@ def is_ambiguous(exc: requests.RequestException) -> bool:
 
     A read timeout, or an answer cut off mid-way, leaves the provider holding
     the message or not; a refused connection or a connect timeout does not.
+    requests reports the cut answer three ways: the connection dropped before
+    the status line (``ConnectionError`` from urllib3's ``ProtocolError``),
+    the body cut off or undecodable (``ChunkedEncodingError``,
+    ``ContentDecodingError``), or the body's read timing out
+    (``ConnectionError`` from ``ReadTimeoutError``).
     """
-    if isinstance(exc, requests.ReadTimeout):
+    if isinstance(
+        exc,
+        requests.ReadTimeout
+        | requests.exceptions.ChunkedEncodingError
+        | requests.exceptions.ContentDecodingError,
+    ):
         return True
     cause = exc.args[0] if exc.args else None
-    return isinstance(exc, requests.ConnectionError) and isinstance(cause, ProtocolError)
+    return isinstance(exc, requests.ConnectionError) and isinstance(
+        cause, ProtocolError | ReadTimeoutError
+    )
 
 
 def transport_error(

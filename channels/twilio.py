@@ -25,8 +25,9 @@ requests' exception types, which :func:`_translate` reads. The SDK does not
 retry 429s and the transport retries nothing, so a request is sent at most
 once per message.
 
-A read timeout or an unreadable 2xx body is ambiguous: Twilio may have
-accepted the message. It is reported as transient (the closed error set has no
+A read timeout, an answer cut off (the connection dropped after the request
+went out, a truncated body) or an unreadable 2xx body is ambiguous: Twilio
+may have accepted the message. It is reported as transient (the closed error set has no
 "ambiguous" kind); its detail says so.
 """
 
@@ -52,7 +53,7 @@ from .errors import (
     RecipientOptedOut,
     TransientDeliveryError,
 )
-from .http import retry_after_seconds
+from .http import is_ambiguous, retry_after_seconds
 from .ratelimit import NoLimit, RateLimiter
 from .sms_segments import count_segments
 from .twilio_http import TWILIO_API_URL, TwilioTransport
@@ -337,6 +338,11 @@ def _translate(
             ambiguous=True,
         )
     if isinstance(exc, _NETWORK_ERRORS):
+        if is_ambiguous(exc):  # the request went out; the answer was cut off
+            return TransientDeliveryError(
+                f"Twilio's answer was cut off ({exc}); it may have accepted the message",
+                ambiguous=True,
+            )
         return TransientDeliveryError(f"cannot reach Twilio: {exc}")
     if isinstance(exc, json.JSONDecodeError):
         return TransientDeliveryError(

@@ -430,3 +430,79 @@ def test_a_channel_send_error_through_the_transport_is_transient(recorder: Recor
         channel.send(message)
     channel.close()
     assert (caught.value.code, caught.value.retry_after) == ("20503", 3.0)
+
+
+def _sms() -> Message:
+    return Message(
+        delivery_id=1,
+        dedupe_key="k",
+        member_id=1,
+        channel="sms",
+        to="+15551234567",
+        parts={"text": "hello"},
+        category="service",
+        campaign="c",
+    )
+
+
+def _hang_up_after_reading(answer: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A server that reads one request, writes ``answer`` (maybe nothing) and hangs up."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"",  # the connection dropped after the request went out
+        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"sid": "SM',  # the body cut off
+    ],
+    ids=["no-answer", "cut-body"],
+)
+def test_an_answer_cut_off_after_the_request_went_out_is_ambiguous(answer: bytes) -> None:
+    """Twilio may hold the message: never a plain retry, which could send it twice."""
+    server, thread = _hang_up_after_reading(answer)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    channel = TwilioSmsChannel(ACCOUNT, TOKEN, from_number="+15005550006", base_url=url)
+    with server, pytest.raises(TransientDeliveryError) as caught:
+        channel.send(_sms())
+    channel.close()
+    thread.join(timeout=5)
+    assert caught.value.ambiguous
+    assert "may have accepted" in str(caught.value)
+
+
+def test_a_refused_connection_is_safely_retried() -> None:
+    """Nothing went out: transient and not ambiguous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    channel = TwilioSmsChannel(
+        ACCOUNT, TOKEN, from_number="+15005550006", base_url=f"http://127.0.0.1:{port}"
+    )
+    with pytest.raises(TransientDeliveryError, match="cannot reach Twilio") as caught:
+        channel.send(_sms())
+    channel.close()
+    assert not caught.value.ambiguous
