@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, TypeAlias
 
-from sqlalchemy import DateTime, Select, String, and_, func, literal, or_, select, type_coerce
+from sqlalchemy import DateTime, Select, String, func, literal, select, type_coerce, union_all
 
 from store.models import Member, PointLot
 
@@ -39,16 +39,18 @@ def candidates(windows: Iterable[tuple[date, date]]) -> _Candidates:
     # 10% of rows (cursor_tuple_fraction), which picks a walk of the member_id
     # index over every lot, filtering on expires_at (12 s instead of 0.7 s on 5M
     # lots). Materializing the range scan first keeps the expires_at index in use.
+    # One range scan per merged range (disjoint, so UNION ALL repeats no lot):
+    # an OR of ranges would be a bitmap scan, which visits the heap even where
+    # the index covers every column it needs (PostgreSQL, migration 0006).
+    remaining = (PointLot.points - PointLot.redeemed).label("remaining")
+    scans = [
+        select(PointLot.member_id, PointLot.expires_at, remaining).where(
+            PointLot.expires_at >= lo, PointLot.expires_at < hi, PointLot.points > PointLot.redeemed
+        )
+        for lo, hi in ranges
+    ]
     lots = (
-        select(
-            PointLot.member_id,
-            PointLot.expires_at,
-            (PointLot.points - PointLot.redeemed).label("remaining"),
-        )
-        .where(
-            or_(*(and_(PointLot.expires_at >= lo, PointLot.expires_at < hi) for lo, hi in ranges)),
-            PointLot.points > PointLot.redeemed,
-        )
+        (scans[0] if len(scans) == 1 else union_all(*scans))
         .cte("expiring_lots")
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
