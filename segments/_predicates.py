@@ -2,7 +2,15 @@
 
 Point lots, reachability, consent and delivery history live in other tables;
 each predicate is a correlated subquery (``EXISTS`` or a scalar aggregate) on
-``members.id``, so nothing loads a member's lots or deliveries. Each SQL
+``members.id``, so nothing loads a member's lots or deliveries.
+
+Those that hold exactly when the member has a row in a set of member ids
+(``reachable: push``, ``consented`` for marketing, ``received``, a points sum
+over lots) also have that set as a query of one ``member_id`` column
+(:func:`push_holders`, :func:`opted_in`, :func:`receivers`,
+:func:`points_expiring_members`): the whole-audience forms of
+:mod:`segments._compile` join to these sets once instead of probing them per
+member. Each SQL
 expression is TRUE or FALSE, never NULL, except ``next_expiry``, which is NULL
 when the member has no unredeemed points that expire (the NULL rule then
 applies as for a column). The Python twins read a member mapping as described
@@ -23,10 +31,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import (
     ColumnElement,
     Integer,
+    Select,
     String,
     TypeDecorator,
     and_,
-    exists,
     func,
     literal,
     not_,
@@ -47,12 +55,16 @@ __all__ = [
     "consented_value",
     "next_expiry_sql",
     "next_expiry_value",
+    "opted_in",
+    "points_expiring_members",
     "points_expiring_sql",
     "points_expiring_value",
+    "push_holders",
     "reachable_sql",
     "reachable_value",
     "received_sql",
     "received_value",
+    "receivers",
 ]
 
 CHANNELS = ("sms", "email", "push", "direct_mail")
@@ -113,6 +125,15 @@ class _NeverNull(TypeDecorator[int]):
             return true() if other is None else super().is_not(other)
 
 
+def _expiring_lots(within: timedelta, now: datetime) -> list[ColumnElement[bool]]:
+    """Lots with points left (each adds at least 1) expiring in ``(now, now + within]``."""
+    return [
+        PointLot.points > PointLot.redeemed,
+        PointLot.expires_at > now,
+        PointLot.expires_at <= now + within,
+    ]
+
+
 def points_expiring_sql(within: timedelta, now: datetime) -> ColumnElement[typing.Any]:
     """Points left in lots expiring in ``(now, now + within]``; 0 when there are none.
 
@@ -120,15 +141,32 @@ def points_expiring_sql(within: timedelta, now: datetime) -> ColumnElement[typin
     """
     total = (
         select(func.sum(PointLot.points - PointLot.redeemed))
-        .where(
-            PointLot.member_id == Member.id,
-            PointLot.points > PointLot.redeemed,
-            PointLot.expires_at > now,
-            PointLot.expires_at <= now + within,
-        )
+        .where(PointLot.member_id == Member.id, *_expiring_lots(within, now))
         .scalar_subquery()
     )
     return func.coalesce(total, 0, type_=_NeverNull())
+
+
+def points_expiring_members(
+    within: timedelta,
+    now: datetime,
+    test: typing.Callable[[ColumnElement[typing.Any]], ColumnElement[bool]],
+) -> Select[int]:
+    """The members with lots expiring in ``(now, now + within]`` whose sum passes ``test``.
+
+    One ``GROUP BY member_id`` over the lots in the window. A member without
+    such lots is in no group, although :func:`points_expiring_sql` gives them
+    0: the caller decides about 0 itself (see ``segments._compile``). The sum
+    is typed as never NULL (a group has at least one lot), like the per-member
+    form, so ``test`` may be an operator's guarded comparison.
+    """
+    total = func.sum(PointLot.points - PointLot.redeemed, type_=_NeverNull())
+    return (
+        select(PointLot.member_id.label("member_id"))
+        .where(*_expiring_lots(within, now))
+        .group_by(PointLot.member_id)
+        .having(test(total))
+    )
 
 
 def points_expiring_value(member: Member_, within: timedelta, now: datetime) -> int:
@@ -149,7 +187,7 @@ def reachable_sql(channel: str) -> ColumnElement[bool]:
     if channel == "email":
         return and_(Member.email.is_not(None), Member.email != literal("", String))
     if channel == "push":
-        return exists().where(PushToken.member_id == Member.id, PushToken.revoked_at.is_(None))
+        return _exists_for_member(push_holders())
     if channel == "direct_mail":
         filled = [
             stripped_sql(part.expression) != literal("", String)
@@ -162,6 +200,17 @@ def reachable_sql(channel: str) -> ColumnElement[bool]:
         )
         return and_(*filled, country != literal("", String), state_ok)
     raise ValueError(f"unknown channel {channel!r}")
+
+
+def push_holders() -> Select[int]:
+    """The members with a push token not revoked (``reachable: push``), with repeats."""
+    return select(PushToken.member_id.label("member_id")).where(PushToken.revoked_at.is_(None))
+
+
+def _exists_for_member(members: Select[int]) -> ColumnElement[bool]:
+    """``EXISTS`` a row of ``members`` (a set query on ``X.member_id``) for this member."""
+    column = members.selected_columns[0]
+    return members.where(column == Member.id).exists()
 
 
 def reachable_value(member: Member_, channel: str) -> bool:
@@ -183,12 +232,20 @@ def reachable_value(member: Member_, channel: str) -> bool:
 def consented_sql(channel: str, purpose: str) -> ColumnElement[bool]:
     """Marketing needs an opt-in row on ``channel``; service and transactional no opt-out row."""
     wanted = ConsentStatus.OPTED_IN if purpose == "marketing" else ConsentStatus.OPTED_OUT
-    row = exists().where(
-        Consent.member_id == Member.id,
-        Consent.channel == literal(channel, String),
-        Consent.status == literal(wanted.value, String),
-    )
+    row = _exists_for_member(_consent_rows(channel, wanted))
     return row if purpose == "marketing" else not_(row)
+
+
+def _consent_rows(channel: str, status: ConsentStatus) -> Select[int]:
+    return select(Consent.member_id.label("member_id")).where(
+        Consent.channel == literal(channel, String),
+        Consent.status == literal(status.value, String),
+    )
+
+
+def opted_in(channel: str) -> Select[int]:
+    """The members opted in on ``channel`` (``consented`` for marketing)."""
+    return _consent_rows(channel, ConsentStatus.OPTED_IN)
 
 
 def consented_value(member: Member_, channel: str, purpose: str) -> bool:
@@ -203,15 +260,19 @@ def received_sql(
     campaign: str, within_last: timedelta | None, now: datetime
 ) -> ColumnElement[bool]:
     """A delivery of ``campaign`` was sent or delivered (with ``sent_at`` in the window)."""
+    return _exists_for_member(receivers(campaign, within_last, now))
+
+
+def receivers(campaign: str, within_last: timedelta | None, now: datetime) -> Select[int]:
+    """The members :func:`received_sql` holds for, with repeats."""
     conditions = [
-        Delivery.member_id == Member.id,
         Delivery.campaign_id == Campaign.id,
         Campaign.name == literal(campaign, String),
         Delivery.status.in_([literal(s, String) for s in RECEIVED_STATUSES]),
     ]
     if within_last is not None:
         conditions += [Delivery.sent_at >= now - within_last, Delivery.sent_at <= now]
-    return exists().where(*conditions)
+    return select(Delivery.member_id.label("member_id")).where(*conditions)
 
 
 def received_value(

@@ -152,13 +152,17 @@ def load_segment(
 def preview(
     session: Session, rule: Rule, *, now: datetime | None = None, sample: int = DEFAULT_SAMPLE
 ) -> Preview:
-    """How many members ``rule`` selects now, a few of them, its SQL and the database's plan."""
-    where = audience_filter(rule, now=now)
-    ids = select(Member.id).where(where)
+    """How many members ``rule`` selects now, a few of them, its SQL and the database's plan.
+
+    The count (and the SQL and plan shown) use the whole-audience shape of the
+    rule; the sample, a few members in id order, the per-member one.
+    """
+    now = now if now is not None else utcnow()  # one instant for both
+    ids = select(Member.id).where(audience_filter(rule, now=now, whole_audience=True))
     count = session.scalar(select(func.count()).select_from(ids.subquery())) or 0
     rows = session.execute(
         select(Member.id, Member.external_id, Member.name)
-        .where(where)
+        .where(audience_filter(rule, now=now))
         .order_by(Member.id)
         .limit(sample)
     )
@@ -184,7 +188,8 @@ def snapshot(session: Session, segment: Segment, *, now: datetime | None = None)
     """
     now = now.astimezone(UTC) if now is not None else utcnow()
     rule = parse_rule(segment.rule, attributes=segment.attributes)
-    where = audience_filter(rule, now=now)
+    # Both statements below read every member: the whole-audience shape.
+    where = audience_filter(rule, now=now, whole_audience=True)
     # Two snapshots of one segment at once would race on its rows: take its row lock first.
     session.execute(select(Segment.id).where(Segment.id == segment.id).with_for_update())
     mine = SegmentMember.segment_id == segment.id

@@ -208,12 +208,14 @@ def insert_world(engine: Engine, members: list[dict[str, Any]]) -> None:
                 conn.execute(insert(model), rows)
 
 
-def selected(engine: Engine, data: Any, now: datetime = NOW) -> set[str]:
-    """The external ids the compiled rule selects."""
+def selected(
+    engine: Engine, data: Any, now: datetime = NOW, *, whole_audience: bool = False
+) -> set[str]:
+    """The external ids the compiled rule selects (in the per-member or whole-audience shape)."""
     rule = parse_rule(data, attributes=ATTRIBUTES)
+    where = compile_rule(rule, now=now, whole_audience=whole_audience)
     with engine.connect() as conn:
-        query = select(Member.external_id).where(compile_rule(rule, now=now))
-        return set(conn.scalars(query))
+        return set(conn.scalars(select(Member.external_id).where(where)))
 
 
 def expected(data: Any, now: datetime = NOW) -> set[str]:
@@ -326,6 +328,58 @@ CORPUS: dict[str, Any] = {
             {"not": {"any": [attr("visits", "is null"), attr("score", "<=", 2)]}},
         ]
     },
+    # sums that hold for 0 points (members without lots match), and any of member sets,
+    # which the whole-audience shape compiles to other forms
+    "expiring-30d-under-100": {"points_expiring": {"within": "30d"}, "op": "<", "value": 100},
+    "expiring-30d-not-100": {"points_expiring": {"within": "30d"}, "op": "!=", "value": 100},
+    "expiring-30d-in-zero": {"points_expiring": {"within": "30d"}, "op": "in", "value": [0, 80]},
+    "expiring-30d-not-in": {
+        "points_expiring": {"within": "30d"},
+        "op": "not in",
+        "value": [0, 100],
+    },
+    "expiring-30d-between-zero": {
+        "points_expiring": {"within": "30d"},
+        "op": "between",
+        "value": [0, 80],
+    },
+    "push-or-sms-not-received": {
+        "all": [
+            {"any": [{"reachable": "push"}, {"all": [{"consented": "sms"}, {"reachable": "sms"}]}]},
+            {"not": {"received": "winter-sale", "within_last": "30d"}},
+        ]
+    },
+    "any-of-sets-and-sums": {
+        "any": [
+            {"received": "welcome"},
+            {"points_expiring": {"within": "30d"}, "op": ">=", "value": 100},
+            {"all": [leaf("tier", "=", "gold"), {"consented": "email"}]},
+        ]
+    },
+    "not-any-of-sets": {"not": {"any": [{"consented": "email"}, {"reachable": "push"}]}},
+    "any-of-set-and-column": {"any": [{"reachable": "push"}, leaf("tier", "=", "gold")]},
+    "any-of-nested-any": {
+        "any": [
+            {"any": [{"consented": "push"}, {"received": "winter-sale"}]},
+            {
+                "all": [
+                    {"points_expiring": {"within": "30d"}, "op": "<", "value": 50},
+                    {"consented": "sms"},
+                ]
+            },
+        ]
+    },
+}
+#: Rules that select no one or everyone by design, in both shapes.
+EDGE: dict[str, Any] = {
+    "expiring-above-everyone": {"points_expiring": {"within": "30d"}, "op": ">", "value": 10**6},
+    "expiring-at-most-everyone": {
+        "points_expiring": {"within": "30d"},
+        "op": "<=",
+        "value": 10**6,
+    },
+    "expiring-at-least-0": {"points_expiring": {"within": "30d"}, "op": ">=", "value": 0},
+    "any-of-empty-sets": {"any": [{"received": "no-such-campaign"}, {"consented": "direct_mail"}]},
 }
 
 
@@ -347,21 +401,62 @@ def test_corpus_is_large_enough_and_not_trivial() -> None:
     assert {"received-unknown-campaign", "consented-mail-service"} == trivial
 
 
-def test_corpus_selects_the_same_members_on_each_engine_as_the_reference(world: Engine) -> None:
-    """Every corpus rule selects in SQL exactly the members evaluate_rule picks."""
+@pytest.mark.parametrize("whole_audience", [False, True], ids=["per-member", "whole-audience"])
+def test_corpus_selects_the_same_members_on_each_engine_as_the_reference(
+    world: Engine, whole_audience: bool
+) -> None:
+    """Every corpus rule selects in SQL exactly the members evaluate_rule picks, in both shapes."""
     # Given the seeded world and the corpus
-    # When each rule is compiled with the fixed now and run
-    actual = {name: selected(world, data) for name, data in CORPUS.items()}
+    # When each rule is compiled with the fixed now, in one shape, and run
+    actual = {
+        name: selected(world, data, whole_audience=whole_audience) for name, data in CORPUS.items()
+    }
     # Then each result is the reference set (the same on SQLite and PostgreSQL)
     assert {name: expected(data) for name, data in CORPUS.items()} == actual
 
 
-def test_compiled_corpus_is_never_null(world: Engine) -> None:
+@pytest.mark.parametrize("whole_audience", [False, True], ids=["per-member", "whole-audience"])
+def test_sums_and_sets_that_select_no_one_or_everyone(world: Engine, whole_audience: bool) -> None:
+    """Null tests on the sum, a bound 0 passes, and sets that are empty agree with the reference."""
+    # Given rules whose reference selects no one or every member
+    references = {name: expected(data) for name, data in EDGE.items()}
+    assert {len(m) for m in references.values()} == {0, len(MEMBERS)}
+    # When each is compiled in one shape and run
+    actual = {
+        name: selected(world, data, whole_audience=whole_audience) for name, data in EDGE.items()
+    }
+    # Then each selects what the reference picks
+    assert references == actual
+
+
+def test_whole_audience_shape_uses_grouped_sums_and_one_union() -> None:
+    """The whole-audience shape is the one described: no correlated sum, one EXISTS for any."""
+    # Given a sum that holds for 0, one that does not, and an any of member sets
+    under = parse_rule(CORPUS["expiring-30d-under-100"], attributes=ATTRIBUTES)
+    over = parse_rule(CORPUS["expiring-30d-at-least-100"], attributes=ATTRIBUTES)
+    either = parse_rule(CORPUS["push-or-sms-not-received"], attributes=ATTRIBUTES)
+    # When each is compiled for the whole audience
+    sql = {
+        name: str(compile_rule(rule, now=NOW, whole_audience=True)).upper()
+        for name, rule in (("under", under), ("over", over), ("either", either))
+    }
+    # Then sums are grouped (NOT EXISTS when 0 matches) and the any is one EXISTS over a union
+    assert "HAVING" in sql["over"]
+    assert "COALESCE" not in sql["over"]
+    assert sql["under"].startswith("NOT (EXISTS")
+    assert "HAVING" in sql["under"]
+    assert sql["either"].count("UNION ALL") == 1
+    assert " OR EXISTS" not in sql["either"]
+
+
+@pytest.mark.parametrize("whole_audience", [False, True], ids=["per-member", "whole-audience"])
+def test_compiled_corpus_is_never_null(world: Engine, whole_audience: bool) -> None:
     """Each compiled corpus rule is TRUE or FALSE for every member, so NOT is exact."""
     # Given the seeded world
     for name, data in CORPUS.items():
         # When the compiled rule is tested for NULL
-        where = compile_rule(parse_rule(data, attributes=ATTRIBUTES), now=NOW).is_(None)
+        rule = parse_rule(data, attributes=ATTRIBUTES)
+        where = compile_rule(rule, now=NOW, whole_audience=whole_audience).is_(None)
         with world.connect() as conn:
             nulls = conn.scalar(select(Member.id).where(where).limit(1))
         # Then no member gives NULL
@@ -479,14 +574,14 @@ def _trees(depth: int) -> st.SearchStrategy[dict[str, Any]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=_trees(depth=3))
+@given(data=_trees(depth=3), whole_audience=st.booleans())
 def test_random_rules_with_every_node_kind_agree_with_the_reference_on_sqlite(
-    sqlite_world: Engine, data: dict[str, Any]
+    sqlite_world: Engine, data: dict[str, Any], whole_audience: bool
 ) -> None:
     """Any valid rule built from every node kind selects on SQLite what evaluate_rule picks."""
     # Given a random valid rule over columns, attributes, lots, consent, reach and history
     parse_rule(data, attributes=ATTRIBUTES)
-    # When it is compiled and run on the seeded SQLite database
-    actual = selected(sqlite_world, data)
+    # When it is compiled in either shape and run on the seeded SQLite database
+    actual = selected(sqlite_world, data, whole_audience=whole_audience)
     # Then it selects the reference set
     assert expected(data) == actual

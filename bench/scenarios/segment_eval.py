@@ -4,7 +4,8 @@ The rules are the kinds a loyalty marketer writes (see :data:`RULES`): plain
 columns, consent and reachability (subqueries on other tables), points
 expiring soon (an aggregate over point lots), and a mix with ``any``/``not``
 and a ``received`` history check. Each is compiled by :mod:`segments`
-exactly as a campaign's audience is (:func:`segments.audience_filter`), then
+as a read of the whole audience is (:func:`segments.audience_filter` with
+``whole_audience=True``, as ``preview`` counts and ``snapshot`` stores), then
 
 - counted, as ``preview`` and ``segments preview`` count it;
 - streamed: every matching id in id order through a server-side cursor
@@ -84,7 +85,7 @@ def run(env: BenchEnv) -> ScenarioResult:
     result = ScenarioResult("segments", f"segment evaluation over {env.members:,} members")
     repeat = env.options.repeat
     for name, raw in RULES.items():
-        where = audience_filter(parse_rule(raw, "segment"))
+        where = audience_filter(parse_rule(raw, "segment"), whole_audience=True)
         _count(env, where)  # warm-up
         counts = [_count(env, where) for _ in range(repeat)]
         streams = [_stream(env, where) for _ in range(repeat)]
