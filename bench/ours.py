@@ -133,11 +133,8 @@ def measure_broadcast(
                 .where(Delivery.run_id == run_id, Delivery.status == DeliveryStatus.SENT)
             ).all()
         )
-    plan_seconds = (
-        (run.planned_at - run.claimed_at).total_seconds()
-        if run.planned_at and run.claimed_at
-        else 0.0
-    )
+    # From the tick to the last page: the planner moves claimed_at on with every page.
+    plan_seconds = run.planned_at.timestamp() - started if run.planned_at else 0.0
     end = intake.last_request_at or time.time()
     first = intake.first_request_at or end
     return OurRun(
