@@ -29,7 +29,9 @@ __all__ = ["DEFAULT_MAX_WAIT", "NoLimit", "RateLimiter", "TokenBucket"]
 #: The longest a worker thread sleeps for a token before deferring instead.
 DEFAULT_MAX_WAIT = 2.0
 
-_TAKE = """
+# Both scripts start by reading the bucket (KEYS[1]) at Redis's clock; ARGV: rate,
+# burst, tokens wanted.
+_BUCKET = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate = tonumber(ARGV[1])
@@ -39,6 +41,11 @@ local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'blocked')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
 local blocked = tonumber(state[3]) or 0
+"""
+
+_TAKE = (
+    _BUCKET
+    + """
 if blocked > now then
   return tostring(blocked - now)
 end
@@ -53,19 +60,13 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
 return tostring(wait)
 """
+)
 
 # Take up to ARGV[3] whole tokens: as many as the bucket holds (at least one),
 # or none and the seconds until one is there. Returns {granted, wait}.
-_TAKE_UP_TO = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'blocked')
-local tokens = tonumber(state[1]) or burst
-local at = tonumber(state[2]) or now
-local blocked = tonumber(state[3]) or 0
+_TAKE_UP_TO = (
+    _BUCKET
+    + """
 if blocked > now then
   return {'0', tostring(blocked - now)}
 end
@@ -82,6 +83,7 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
 return {tostring(granted), tostring(wait)}
 """
+)
 
 _BLOCK = """
 local t = redis.call('TIME')

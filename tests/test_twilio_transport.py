@@ -59,6 +59,19 @@ class Seen:
 Reply = Callable[[Seen], tuple[int, dict[str, str], bytes]]
 
 
+def _sms() -> Message:
+    return Message(
+        delivery_id=1,
+        dedupe_key="k",
+        member_id=1,
+        channel="sms",
+        to="+15551234567",
+        parts={"text": "hello"},
+        category="service",
+        campaign="c",
+    )
+
+
 def _created(seen: Seen) -> tuple[int, dict[str, str], bytes]:
     return 201, {"Content-Type": "application/json"}, json.dumps(CREATED).encode()
 
@@ -288,16 +301,7 @@ def test_nothing_secret_is_logged_even_at_debug(
     channel = TwilioSmsChannel(
         ACCOUNT, TOKEN, from_number="+15005550006", base_url="http://twilio.invalid"
     )
-    message = Message(
-        delivery_id=1,
-        dedupe_key="k",
-        member_id=1,
-        channel="sms",
-        to="+15551234567",
-        parts={"text": "hello"},
-        category="service",
-        campaign="c",
-    )
+    message = _sms()
     with caplog.at_level(logging.DEBUG):
         channel.send(message)
     channel.close()
@@ -416,33 +420,11 @@ def test_a_channel_send_error_through_the_transport_is_transient(recorder: Recor
         json.dumps({"code": 20503, "message": "down", "status": 503}).encode(),
     )
     channel = TwilioSmsChannel(ACCOUNT, TOKEN, from_number="+15005550006", base_url=recorder.url())
-    message = Message(
-        delivery_id=1,
-        dedupe_key="k",
-        member_id=1,
-        channel="sms",
-        to="+15551234567",
-        parts={"text": "hello"},
-        category="service",
-        campaign="c",
-    )
+    message = _sms()
     with pytest.raises(TransientDeliveryError) as caught:
         channel.send(message)
     channel.close()
     assert (caught.value.code, caught.value.retry_after) == ("20503", 3.0)
-
-
-def _sms() -> Message:
-    return Message(
-        delivery_id=1,
-        dedupe_key="k",
-        member_id=1,
-        channel="sms",
-        to="+15551234567",
-        parts={"text": "hello"},
-        category="service",
-        campaign="c",
-    )
 
 
 def _hang_up_after_reading(answer: bytes) -> tuple[socket.socket, threading.Thread]:
