@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +30,14 @@ from loyalcast.settings import Settings
 from scheduler.ticks import tick
 from store import CampaignRun, Delivery, DeliveryStatus, Member, RunStatus
 from workers.catalog import create_campaign
+from workers.jobs import QUEUES
 from workers.runtime import program_for
 
 from .environment import BenchEnv
 from .meters import FakeMeter, Intake, RssSampler, recipient_key
+from .pool import running_workers
 
-__all__ = ["CAMPAIGN", "OurRun", "measure_broadcast", "write_campaign"]
+__all__ = ["CAMPAIGN", "OurRun", "measure_broadcast", "our_workers", "write_campaign"]
 
 CAMPAIGN = """\
 name: {name}
@@ -81,6 +84,22 @@ class OurRun:
     @property
     def throughput(self) -> float:
         return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+@contextmanager
+def our_workers(env: BenchEnv, settings: Settings, log_name: str) -> Iterator[WorkerGroup]:
+    """``dramatiq workers.main`` with ``--processes`` x ``--threads``, on every queue."""
+    with running_workers(
+        env.child_env(settings),
+        module="workers.main",
+        queues=QUEUES,
+        processes=env.options.processes,
+        threads=env.options.threads,
+        log_file=env.log_file(log_name),
+        redis_url=env.options.redis_url,
+        namespace=env.namespace,
+    ) as group:
+        yield group
 
 
 def write_campaign(env: BenchEnv, label: str, channels: Sequence[str], *, extra: str = "") -> Path:

@@ -27,14 +27,12 @@ from channels.fakes.sendgrid import FakeSendGrid
 from channels.fakes.twilio import FakeTwilio
 from loyalcast.settings import Settings
 from workers import close_broker, make_broker
-from workers.jobs import QUEUES
 
 from ..baselines.naive import NaiveRun, measure_naive, naive_workers
 from ..baselines.raw_http import RawRun, build_requests, expected_recipients, measure_raw
 from ..environment import BenchEnv
 from ..meters import FakeMeter, check_intake
-from ..ours import OurRun, measure_broadcast, write_campaign
-from ..pool import running_workers
+from ..ours import OurRun, measure_broadcast, our_workers, write_campaign
 from ..report import Ratio, ScenarioResult
 
 __all__ = ["KINDS", "run", "throughput_series"]
@@ -89,16 +87,7 @@ def _ours(
     ours: dict[str, OurRun] = {}
     broker = make_broker(settings)
     try:
-        with running_workers(
-            env.child_env(settings),
-            module="workers.main",
-            queues=QUEUES,
-            processes=env.options.processes,
-            threads=env.options.threads,
-            log_file=env.log_file("workers"),
-            redis_url=env.options.redis_url,
-            namespace=env.namespace,
-        ) as group:
+        with our_workers(env, settings, "workers") as group:
             for kind in kinds:
                 path = write_campaign(env, kind, KINDS[kind])
                 done = measure_broadcast(env, settings, broker, group, meter, path)

@@ -42,13 +42,11 @@ from channels.fakes.twilio import FakeTwilio
 from loyalcast.settings import Settings
 from store import Delivery
 from workers import close_broker, make_broker
-from workers.jobs import QUEUES
 from workers.runtime import program_for
 
 from ..environment import BenchEnv
 from ..meters import FakeMeter, check_intake
-from ..ours import OurRun, measure_broadcast, write_campaign
-from ..pool import running_workers
+from ..ours import OurRun, measure_broadcast, our_workers, write_campaign
 from ..report import Ratio, ScenarioResult
 from .broadcast import KINDS
 from .capped_world import (
@@ -136,17 +134,8 @@ def run(env: BenchEnv, kinds: Sequence[str] = tuple(KINDS)) -> ScenarioResult:
 def _measure(env: BenchEnv, settings: Settings, meter: FakeMeter, kind: str, label: str) -> Pass:
     broker = make_broker(settings)
     try:
-        with running_workers(
-            env.child_env(settings),
-            module="workers.main",
-            queues=QUEUES,
-            processes=env.options.processes,
-            threads=env.options.threads,
-            log_file=env.log_file(f"workers-{kind}-{label.replace(' ', '-')}"),
-            redis_url=env.options.redis_url,
-            namespace=env.namespace,
-        ) as group:
-            slug = label.replace(" ", "-")
+        slug = label.replace(" ", "-")
+        with our_workers(env, settings, f"workers-{kind}-{slug}") as group:
             path = write_campaign(env, f"{kind}-{slug}", KINDS[kind])
             done = measure_broadcast(env, settings, broker, group, meter, path)
     finally:
