@@ -1,10 +1,11 @@
 """Stage 2 of the expiry scan: local dates, one member at a time (see :mod:`segments.expiry`).
 
 The candidate rows of :mod:`segments._expiry_sql` come as plain tuples from a
-server-side cursor; each instant becomes the member's local date (a fixed
-offset per zone where one holds over the scan, else a zone conversion), dates
-outside the window are dropped, points are summed per date, and each
-member's dates are yielded in order before the next member's rows are read.
+server-side cursor (:func:`store.bulk.stream_tuples`); each instant becomes
+the member's local date (a fixed offset per zone where one holds over the
+scan, else a zone conversion), dates outside the window are dropped, points
+are summed per date, and each member's dates are yielded in order before the
+next member's rows are read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.orm import Session
 
+from store.bulk import stream_tuples
+
 from ._expiry_sql import AFTER, BEFORE, candidates, midnight_utc
 
 __all__ = ["ExpiringPoints", "default_zone", "stream"]
@@ -28,6 +31,10 @@ __all__ = ["ExpiringPoints", "default_zone", "stream"]
 logger = logging.getLogger("segments.expiry")
 
 _first = itemgetter(0)
+#: A naive UTC instant made aware: ``_UTC_EPOCH + (naive - _EPOCH)``, a tenth of
+#: the cost of ``naive.replace(tzinfo=UTC)`` (a keyword call, 0.2 s of a 1M scan).
+_EPOCH = datetime(1970, 1, 1)
+_UTC_EPOCH = _EPOCH.replace(tzinfo=UTC)
 #: The row after the last: no member's id is None.
 _END: tuple[Any, ...] = (None, None, None, 0)
 
@@ -65,11 +72,9 @@ def stream(
     local_dates = _LocalDates(
         default, midnight_utc(span[0]) - BEFORE, midnight_utc(span[1]) + AFTER
     )
-    result = session.connection().execute(
-        candidates(windows), execution_options={"yield_per": batch}
-    )
+    pages = stream_tuples(session.connection(), candidates(windows), batch)
     # The rows, then one end marker that flushes the last member (no member id is None).
-    rows: Iterator[Any] = chain.from_iterable(chain(result.partitions(), [[_END]]))
+    rows: Iterator[Any] = chain.from_iterable(chain(pages, [[_END]]))
     member: Any = _END  # the member whose rows are being read (none yet)
     offset: timedelta | None = None
     zone = default
@@ -83,7 +88,7 @@ def stream(
                 # Inline rather than a generator per member: this runs ~300,000 times a scan.
                 for day, total, earliest in days if days_sorted else sorted(days, key=_first):
                     if total >= min_points:
-                        yield _expiring(member, day, int(total), earliest.replace(tzinfo=UTC))
+                        yield _expiring(member, day, int(total), _UTC_EPOCH + (earliest - _EPOCH))
                 if member_id is None:
                     break
                 days, days_sorted = [], True
@@ -92,7 +97,7 @@ def stream(
             if offset is not None:
                 day = (expires_at + offset).date()
             else:
-                day = expires_at.replace(tzinfo=UTC).astimezone(zone).date()
+                day = (_UTC_EPOCH + (expires_at - _EPOCH)).astimezone(zone).date()
             if days and days[-1][0] == day:
                 days[-1][1] += points
             elif not wanted(day):
@@ -103,7 +108,7 @@ def stream(
                 _merge_back(days, day, points, expires_at)
                 days_sorted = False
     finally:
-        result.close()
+        pages.close()
 
 
 def _expiring(member_id: int, day: date, points: int, expires_at: datetime) -> ExpiringPoints:

@@ -30,10 +30,13 @@ Python (``zoneinfo``), identically on both engines, in two stages:
    index alone on PostgreSQL, where it covers ``points`` and ``redeemed``
    (migration 0006: the table's heap pages are not read). Lots are
    not summed in SQL: Python sums per local date anyway, and a GROUP BY per
-   instant cost a sort and an aggregate over nearly as many groups as lots.
+   instant cost a sort and an aggregate over nearly as many groups as lots
+   (measured again with the local date computed in SQL from a table of zone
+   offsets: 1.5 s on the server alone at a million members, against 0.75 s
+   for this query).
 2. Python, :func:`iter_expiring` (:mod:`segments._expiry_stream`): streams
-   those rows as plain tuples (``yield_per`` on the session's Core connection,
-   a server-side cursor on PostgreSQL; no ORM row processing), turns each
+   those rows as plain tuples (:func:`store.bulk.stream_tuples`: a psycopg
+   server-side cursor on PostgreSQL, no SQLAlchemy row per lot), turns each
    instant into the member's local date, keeps the dates in the window, sums
    per date, drops sums below ``min_points`` and yields in member order, then
    date order. Within one member the rows come in instant order, so a date's
@@ -69,7 +72,7 @@ __all__ = [
     "iter_expiring",
 ]
 
-#: Rows fetched per round trip while streaming (``yield_per``).
+#: Rows fetched per round trip while streaming.
 DEFAULT_BATCH = 5000
 
 

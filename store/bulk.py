@@ -20,6 +20,12 @@ is ``column = ANY(:array)`` on PostgreSQL, one parameter, where ``IN`` would
 render (and make the driver parse) one placeholder per id: for 1,000 ids,
 10 ms of CPU per statement against 2.5 ms.
 
+Streaming a large read is the third case: :func:`stream_tuples` hands out
+plain tuples from a psycopg server-side cursor on PostgreSQL, where
+SQLAlchemy's result would build a ``Row`` per row and pop each from a buffer
+(0.3 s of the 1.1 s it took to stream the 345,000 lots of a 30-day expiry
+scan at a million members).
+
 Values pass through each column's SQLAlchemy type on both paths (an
 ``ARRAY`` applies its item type's bind processing to every element), so a
 naive datetime given for a ``UTCDateTime`` column is refused the same way.
@@ -28,16 +34,28 @@ naive datetime given for a ``UTCDateTime`` column is refused the same way.
 from __future__ import annotations
 
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, any_, bindparam, cast, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    Table,
+    any_,
+    bindparam,
+    cast,
+    func,
+    select,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
 from .engine import insert_ignore
 
-__all__ = ["among", "insert_ignore_many"]
+__all__ = ["among", "insert_ignore_many", "stream_tuples"]
 
 
 def among(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
@@ -118,3 +136,42 @@ def _unnest(table: Table, names: list[str], rows: Sequence[Mapping[str, Any]]) -
             varying.append(name)
     source = func.unnest(*arrays).table_valued(*varying).render_derived(name="u")
     return select(*(constant[name] if name in constant else source.c[name] for name in names))
+
+
+def stream_tuples(
+    connection: Connection, statement: Select[*tuple[Any, ...]], batch: int
+) -> Generator[Sequence[tuple[Any, ...]]]:
+    """The rows of ``statement``, ``batch`` at a time, never all in memory.
+
+    On PostgreSQL plain tuples from a named (server-side) psycopg cursor in
+    the connection's own transaction, which must stay open while iterating.
+    Bound values pass through their SQLAlchemy types' bind processing as in
+    any execute, but result values are the driver's own: no result
+    processors, so select columns whose types have none on psycopg (or
+    convert them in SQL). Elsewhere ``Result.partitions`` with ``yield_per``
+    (SQLAlchemy rows, which unpack and compare as tuples). Closing the
+    iterator closes the cursor.
+    """
+    if connection.dialect.name != "postgresql":
+        result = connection.execute(statement, execution_options={"yield_per": batch})
+        try:
+            yield from typing.cast("Iterable[Sequence[tuple[Any, ...]]]", result.partitions())
+        finally:
+            result.close()
+        return
+    dialect = connection.dialect
+    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.construct_params()
+    for name, bind in compiled.binds.items():
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None and name in params:
+            try:
+                params[name] = process(params[name])
+            except Exception as exc:  # as SQLAlchemy's execute reports a bad bound value
+                raise StatementError(str(exc), str(compiled), params, exc) from exc
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a live connection
+    with driver.cursor(name=f"loyalcast_{uuid.uuid4().hex}", binary=True) as cursor:
+        cursor.execute(str(compiled), params)
+        while rows := cursor.fetchmany(batch):
+            yield rows

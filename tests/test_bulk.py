@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Engine, Table, select, text
 from sqlalchemy.exc import StatementError
 
-from store import CampaignVersion, Delivery, Member, ProviderEvent, make_sessionmaker
-from store.bulk import among, insert_ignore_many
+from store import (
+    CampaignVersion,
+    Delivery,
+    Member,
+    ProviderEvent,
+    make_engine,
+    make_sessionmaker,
+)
+from store.bulk import among, insert_ignore_many, stream_tuples
 from tests.support import add_member, create, write_campaign
 
 deliveries = cast(Table, Delivery.__table__)
@@ -149,3 +156,50 @@ def test_among_selects_exactly_the_listed_values(engine: Engine, size: int) -> N
         ).all()
     assert sorted(found) == sorted(wanted[:-1])
     assert sorted(by_id) == ids[1:4]
+
+
+def test_stream_tuples_pages_plain_tuples_with_binds_typed(engine: Engine) -> None:
+    # Given 25 events a minute apart
+    with engine.begin() as conn:
+        conn.execute(
+            events.insert(),
+            [
+                {"provider": "p", "event_id": f"E{i:02}", "received_at": NOW + timedelta(minutes=i)}
+                for i in range(25)
+            ],
+        )
+    # When those from minute 10 on are streamed 4 at a time, the bound instant
+    # given in another zone (UTCDateTime converts it, as in any execute)
+    since = (NOW + timedelta(minutes=10)).astimezone(timezone(timedelta(hours=-5)))
+    query = (
+        select(ProviderEvent.event_id, ProviderEvent.provider)
+        .where(ProviderEvent.received_at >= since)
+        .order_by(ProviderEvent.event_id)
+    )
+    with engine.begin() as conn:
+        pages = [list(page) for page in stream_tuples(conn, query, 4)]
+    # Then they come in pages of at most 4 rows, in order
+    assert [len(page) for page in pages] == [4, 4, 4, 3]
+    assert [row for page in pages for row in page] == [(f"E{i:02}", "p") for i in range(10, 25)]
+    # And a naive instant is refused as SQLAlchemy refuses it
+    naive = select(ProviderEvent.id).where(ProviderEvent.received_at >= datetime(2026, 3, 1))
+    with engine.begin() as conn, pytest.raises(StatementError, match="naive datetime"):
+        next(stream_tuples(conn, naive, 4))
+
+
+@pytest.mark.postgres
+def test_stream_tuples_closes_its_server_side_cursor_when_closed_early(pg_url: str) -> None:
+    pg_engine = make_engine(pg_url)
+    with pg_engine.begin() as conn:
+        conn.execute(
+            events.insert(),
+            [{"provider": "p", "event_id": f"E{i}", "received_at": NOW} for i in range(50)],
+        )
+    with pg_engine.begin() as conn:
+        pages = stream_tuples(conn, select(ProviderEvent.id), 10)
+        first = next(pages)
+        during = conn.scalar(text("SELECT count(*) FROM pg_cursors"))
+        pages.close()
+        after = conn.scalar(text("SELECT count(*) FROM pg_cursors"))
+    pg_engine.dispose()
+    assert (len(first), during, after) == (10, 1, 0)
