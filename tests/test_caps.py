@@ -13,6 +13,7 @@ from redis.retry import Retry
 from sqlalchemy import Engine
 
 from store import Campaign, CampaignVersion, Delivery, make_sessionmaker
+from workers.cap_keys import PER_CALL
 from workers.caps import (
     CapCounter,
     Capped,
@@ -341,6 +342,56 @@ def test_a_batch_is_decided_in_order(client, redis_namespace):
         "Reservation",
     ]
     assert [r.delivery_id for r in results] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_batch_larger_than_one_script_call_keeps_its_order(client, redis_namespace):
+    """Past PER_CALL requests the batch spans several script calls, still decided in order."""
+    counter = CapCounter(client, redis_namespace, [WEEKLY], ledger=FakeLedger())
+    # Given one member's 4 requests straddling the boundary between two calls
+    requests = [
+        CapRequest(member_id=1000 + n, channel="email", category="marketing", delivery_id=n)
+        for n in range(PER_CALL - 2)
+    ] + [
+        CapRequest(member_id=1, channel="email", category="marketing", delivery_id=10_000 + n)
+        for n in range(4)
+    ]
+
+    results = counter.reserve_many(requests, now=utc("2026-12-01T15:00"))
+
+    # Then each came back to its own request, and the member's fourth was capped
+    assert [r.delivery_id for r in results] == [r.delivery_id for r in requests]
+    assert [type(r) for r in results[-4:]] == [Reservation, Reservation, Reservation, Capped]
+    assert all(isinstance(r, Reservation) for r in results[:-4])
+
+
+def test_prepare_rebuilds_only_the_members_without_counters_in_one_ledger_read(
+    client, redis_namespace
+):
+    ledger = FakeLedger()
+    ledger.add(2, "email", "marketing", 7, "2026-11-30T15:00")
+    counter = CapCounter(client, redis_namespace, [WEEKLY], ledger=ledger)
+    now = utc("2026-12-01T15:00")
+    # Given member 1 with counters (rebuilt on a first reserve), members 2 and 3 without
+    _reserve(counter, 1, "2026-12-01T14:00")
+    ledger.queries.clear()
+
+    # When a deliver batch for all three is prepared
+    rebuilt = counter.prepare({1: NY, 2: NY, 3: None}, now=now)
+
+    # Then 2 and 3 were rebuilt with one ledger read, and 2's send counts
+    assert (rebuilt, [ids for ids, _ in ledger.queries]) == (2, [[2, 3]])
+    results = counter.reserve_many(
+        [
+            CapRequest(member_id=2, channel="email", category="marketing", delivery_id=d)
+            for d in (8, 9, 10)
+        ],
+        now=now,
+    )
+    assert [type(r) for r in results] == [Reservation, Reservation, Capped]
+    assert len(ledger.queries) == 1  # the reserve found every marker
+    # And a second prepare finds every marker with one EXISTS and rebuilds nothing
+    assert counter.prepare({1: NY, 2: NY, 3: None}, now=now) == 0
+    assert len(ledger.queries) == 1
 
 
 def test_lost_counters_are_rebuilt_from_the_ledger_before_they_are_trusted(client, redis_namespace):

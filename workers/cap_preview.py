@@ -23,8 +23,9 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session
 
+from .cap_keys import Slot, ms
 from .cap_ledger import LedgerEntry, recent_deliveries
-from .caps import CapCounter, Capped, CapRequest, Reservation, _ms, _reservation, _Slot
+from .caps import CapCounter, Capped, CapRequest, Reservation, _reservation
 
 __all__ = ["CapPreview"]
 
@@ -40,7 +41,7 @@ class CapPreview:
         self._sets: dict[str, dict[str, int]] = {}
         """Per counter key, ``{delivery id: score in ms}`` as Redis would hold it."""
 
-    def _slots(self, request: CapRequest, now: datetime) -> list[_Slot]:
+    def _slots(self, request: CapRequest, now: datetime) -> list[Slot]:
         return self.counter._slots(request, self.counter._zone(request), now.astimezone(UTC))
 
     def load(self, session: Session, requests: Sequence[tuple[CapRequest, datetime]]) -> None:
@@ -50,7 +51,7 @@ class CapPreview:
         the members whose counters are not marked complete.
         """
         members = sorted({r.member_id for r, _ in requests} - set(self._complete))
-        keys: dict[str, tuple[CapRequest, datetime, _Slot]] = {}
+        keys: dict[str, tuple[CapRequest, datetime, Slot]] = {}
         for request, now in requests:
             for slot in self._slots(request, now):
                 if slot.key not in self._sets:
@@ -87,7 +88,7 @@ class CapPreview:
             self._sets[key] = held
 
     def _add_ledger(
-        self, held: dict[str, int], request: CapRequest, now: datetime, slot: _Slot
+        self, held: dict[str, int], request: CapRequest, now: datetime, slot: Slot
     ) -> None:
         """What a rebuild at ``now`` adds to ``slot``'s counter (a union, as ``ZADD NX``)."""
         zone = self.counter._zone(request)
@@ -99,9 +100,9 @@ class CapPreview:
                 then = {s.rule.name: s.key for s in self.counter._slots(entry, zone, at)}
                 if then.get(slot.rule.name) != slot.key:
                     continue
-            elif _ms(at) <= slot.cutoff_ms:
+            elif ms(at) <= slot.cutoff_ms:
                 continue
-            held.setdefault(str(entry.delivery_id), _ms(at))
+            held.setdefault(str(entry.delivery_id), ms(at))
 
     def reserve(self, request: CapRequest, now: datetime) -> Reservation | Capped:
         """Decide ``request`` at ``now`` as the reserve script would; hold its slot if it passes.
@@ -129,7 +130,7 @@ class CapPreview:
         if len(reply) > 1:
             return self.counter._decide(request, slots, reply)
         for slot in slots:
-            self._sets[slot.key][str(request.delivery_id)] = _ms(now.astimezone(UTC))
+            self._sets[slot.key][str(request.delivery_id)] = ms(now.astimezone(UTC))
         return _reservation(request, slots)
 
     def release(self, request: CapRequest, now: datetime) -> None:

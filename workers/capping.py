@@ -32,7 +32,7 @@ from .caps import Capped, CapRequest, CapStateLost
 from .ledger import closed_entry, deferred_entry
 from .runtime import Runtime
 
-__all__ = ["CAPS_UNAVAILABLE_RETRY", "apply_caps", "release_failed"]
+__all__ = ["CAPS_UNAVAILABLE_RETRY", "apply_caps", "prepare_caps", "release_failed"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,22 @@ def _request(message: Message) -> CapRequest:
         delivery_id=message.delivery_id,
         time_zone=message.metadata.get("time_zone"),
     )
+
+
+def prepare_caps(rt: Runtime, messages: Sequence[Message], now: datetime) -> None:
+    """Rebuild the missing counters of a whole deliver batch before it is reserved in chunks.
+
+    An optimisation only: on a Redis error nothing happens here, and each
+    chunk's :func:`apply_caps` decides (and defers) as it would have.
+    """
+    counter = rt.caps
+    if counter is None or not messages:
+        return
+    zones = {m.member_id: m.metadata.get("time_zone") for m in messages}
+    try:
+        counter.prepare(zones, now=now)
+    except redis.RedisError as exc:
+        log.warning("could not prepare cap counters", error=str(exc), members=len(zones))
 
 
 def apply_caps(

@@ -6,9 +6,12 @@ trimmed to the window on each use; a calendar day or ISO week has one set per
 period of the member's own zone (``...:2026-12-01``, ``...:2026-W49``),
 computed here, which expires after the period.
 
-Reserving is ONE Lua script per message: it checks every rule that applies
-and, only if all pass, adds the delivery id to each, so no two workers can
-both take a member's last slot. A delivery id already counted passes again
+Reserving is one Lua script per batch of messages (up to 250), which decides
+them in order: for each message it checks every rule that applies and, only
+if all pass, adds the delivery id to each, so no two workers can both take a
+member's last slot. (One script per message cost the deliver job a command to
+pack, send and parse per message: a fifth of an email's worker CPU with caps
+on.) A delivery id already counted passes again
 (a retry does not take a second slot). ``transactional`` is never counted and
 never touches Redis. :meth:`CapCounter.release` gives a slot back (a
 permanent failure must not use up the cap).
@@ -33,19 +36,19 @@ noeviction``), or a counter could vanish while its marker stays.
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import redis
 
+from .cap_keys import EPOCH, PER_CALL, RESERVE, KeyLayout, Shape, Slot, ms, ttl_ms
 from .cap_ledger import COUNTED_STATUSES, Ledger, LedgerEntry, ledger_from, recent_deliveries
 from .program import DEFAULT_TIME_ZONE, CapRule
-from .quiet_hours import local_midnight, resolve_zone
+from .quiet_hours import resolve_zone
 
 __all__ = [
     "COUNTED_STATUSES",
@@ -62,46 +65,9 @@ __all__ = [
 
 #: How far back the ledger is read for a calendar rule (a local day or week, with margin).
 _CALENDAR_LOOKBACK = {"calendar_day": timedelta(days=2), "calendar_week": timedelta(days=8)}
-#: Keys outlive what they must hold by this much.
-_SLACK = timedelta(hours=1)
+#: A member's marker outlives the longest window by this much.
 _MARKER_SLACK = timedelta(days=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ATTEMPTS = 3
-
-# KEYS[1] the member's marker, KEYS[2..] one set per rule.
-# ARGV: now_ms, marker_ttl_ms, delivery_id, then per rule: limit, cutoff_ms ('' for a
-# calendar period), ttl_ms. Returns {-1} without the marker, {1} when reserved, else
-# {0, rule index, count, score of the entry that must leave first ('' for calendar), ...}.
-_RESERVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-local id = ARGV[3]
-local reply = {0}
-for i = 2, #KEYS do
-  local arg = 4 + (i - 2) * 3
-  local limit = tonumber(ARGV[arg])
-  local cutoff = ARGV[arg + 1]
-  if cutoff ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', cutoff) end
-  if not redis.call('ZSCORE', KEYS[i], id) then
-    local count = redis.call('ZCARD', KEYS[i])
-    if count >= limit then
-      local first = ''
-      if cutoff ~= '' then
-        first = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')[2]
-      end
-      table.insert(reply, i - 1)
-      table.insert(reply, count)
-      table.insert(reply, first)
-    end
-  end
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if #reply > 1 then return reply end
-for i = 2, #KEYS do
-  redis.call('ZADD', KEYS[i], ARGV[1], id)
-  redis.call('PEXPIRE', KEYS[i], ARGV[4 + (i - 2) * 3 + 2])
-end
-return {1}
-"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,23 +112,6 @@ class CapStateLost(RuntimeError):
     """The counters kept disappearing while being rebuilt; defer and try later."""
 
 
-def _ms(instant: datetime) -> int:
-    return (instant - _EPOCH) // timedelta(milliseconds=1)
-
-
-def _fingerprint(*parts: str) -> str:
-    return hashlib.sha1("|".join(parts).encode(), usedforsecurity=False).hexdigest()[:8]
-
-
-@dataclass(frozen=True)
-class _Slot:
-    rule: CapRule
-    key: str
-    cutoff_ms: int | None
-    ttl: timedelta
-    period_end: datetime | None
-
-
 class CapCounter:
     """Reserves and releases cap slots for members; see the module docstring.
 
@@ -191,18 +140,14 @@ class CapCounter:
         self.rules = tuple(rules)
         self.default_time_zone = default_time_zone
         self._ledger = ledger
-        self._rule_fp = {
-            rule.name: _fingerprint(rule.scope, rule.window_label, *sorted(rule.categories))
-            for rule in self.rules
-        }
-        self._set_fp = _fingerprint(*(f"{n}={fp}" for n, fp in sorted(self._rule_fp.items())))
+        self._layout = KeyLayout(namespace, self.rules)
         lookback = [
             rule.window if isinstance(rule.window, timedelta) else _CALENDAR_LOOKBACK[rule.window]
             for rule in self.rules
         ]
         self.lookback = max(lookback, default=timedelta(0))
         self._marker_ttl = self.lookback + _MARKER_SLACK
-        self._reserve = client.register_script(_RESERVE)
+        self._reserve = client.register_script(RESERVE)
 
     # -- reserving -----------------------------------------------------------
 
@@ -238,7 +183,17 @@ class CapCounter:
             redis.RedisError: Redis is unreachable.
         """
         now = now.astimezone(UTC)
-        slots = [self._slots(request, self._zone(request), now) for request in requests]
+        shapes: dict[tuple[str, str, str | None], tuple[Shape, ...]] = {}
+        slots: list[list[Slot]] = []
+        for request in requests:
+            # Rules and periods depend on the channel, category and zone, not the member.
+            shape_key = (request.channel, request.category, request.time_zone)
+            known = shapes.get(shape_key)
+            if known is None:
+                zone = self._zone(request)
+                known = self._layout.shapes(request.channel, request.category, zone, now)
+                shapes[shape_key] = known
+            slots.append(self._layout.slots(request.member_id, known))
         results: list[Reservation | Capped | None] = [
             None if slots[i] else _reservation(request, []) for i, request in enumerate(requests)
         ]
@@ -247,10 +202,16 @@ class CapCounter:
             if not todo:
                 break
             pipe = self.client.pipeline(transaction=False)
-            for i in todo:
-                self._call_reserve(pipe, requests[i], slots[i], now)
+            for start in range(0, len(todo), PER_CALL):
+                batch = [
+                    (requests[i].member_id, requests[i].delivery_id, slots[i])
+                    for i in todo[start : start + PER_CALL]
+                ]
+                keys, args = self._layout.reserve_call(batch, ms(now), ttl_ms(self._marker_ttl))
+                self._reserve(keys=keys, args=args, client=pipe)
+            replies = [reply for batch in pipe.execute() for reply in batch]
             missing = []
-            for i, reply in zip(todo, pipe.execute(), strict=True):
+            for i, reply in zip(todo, replies, strict=True):
                 if int(reply[0]) == -1:
                     missing.append(i)
                 else:
@@ -264,18 +225,8 @@ class CapCounter:
             raise CapStateLost(f"cap counters of members {lost} could not be rebuilt")
         return [result for result in results if result is not None]
 
-    def _call_reserve(
-        self, pipe: redis.client.Pipeline, request: CapRequest, slots: list[_Slot], now: datetime
-    ) -> None:
-        args: list[str | int] = [_ms(now), _ttl_ms(self._marker_ttl), str(request.delivery_id)]
-        for slot in slots:
-            cutoff = "" if slot.cutoff_ms is None else str(slot.cutoff_ms)
-            args += [slot.rule.limit, cutoff, _ttl_ms(slot.ttl)]
-        keys = [self._marker(request.member_id), *(slot.key for slot in slots)]
-        self._reserve(keys=keys, args=args, client=pipe)
-
     def _decide(
-        self, request: CapRequest, slots: list[_Slot], reply: list[Any]
+        self, request: CapRequest, slots: list[Slot], reply: list[Any]
     ) -> Reservation | Capped:
         if int(reply[0]) == 1:
             return _reservation(request, slots)
@@ -286,7 +237,7 @@ class CapCounter:
                 free = slot.period_end
             else:
                 assert isinstance(slot.rule.window, timedelta)  # rolling: a cutoff was sent
-                free = _EPOCH + timedelta(milliseconds=float(reply[j + 2])) + slot.rule.window
+                free = EPOCH + timedelta(milliseconds=float(reply[j + 2])) + slot.rule.window
             capped.append(
                 Capped(
                     member_id=request.member_id,
@@ -338,6 +289,30 @@ class CapCounter:
 
     # -- rebuilding from the ledger -----------------------------------------
 
+    def prepare(self, time_zones: Mapping[int, str | None], *, now: datetime) -> int:
+        """Rebuild, in one go, the counters of those of these members that lack their marker.
+
+        For a deliver job that reserves in several chunks (SMS: 20 messages a
+        request): its members' missing counters are rebuilt with one ledger
+        query, not one per chunk. One ``EXISTS`` of every marker when all are
+        there (the usual case). Returns how many members were rebuilt.
+
+        Raises:
+            redis.RedisError: Redis is unreachable.
+        """
+        if not self.rules or not time_zones:
+            return 0
+        members = list(time_zones)
+        markers = [self._marker(member_id) for member_id in members]
+        if self.client.exists(*markers) == len(markers):
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for marker in markers:
+            pipe.exists(marker)
+        missing = [m for m, found in zip(members, pipe.execute(), strict=True) if not found]
+        self.rebuild_members(missing, now=now, time_zones=time_zones)
+        return len(missing)
+
     def rebuild_members(
         self,
         member_ids: Sequence[int],
@@ -366,23 +341,20 @@ class CapCounter:
                 for slot in self._slots(entry, zone, now):
                     # Rolling: still inside the window. Calendar: in the current period.
                     if (slot.cutoff_ms is None and then[slot.rule.name] != slot.key) or (
-                        slot.cutoff_ms is not None and _ms(at) <= slot.cutoff_ms
+                        slot.cutoff_ms is not None and ms(at) <= slot.cutoff_ms
                     ):
                         continue
-                    pipe.zadd(slot.key, {str(entry.delivery_id): _ms(at)}, nx=True)
+                    pipe.zadd(slot.key, {str(entry.delivery_id): ms(at)}, nx=True)
                     ttls[slot.key] = slot.ttl
             for key, ttl in ttls.items():
-                pipe.pexpire(key, _ttl_ms(ttl))
-            pipe.set(self._marker(member_id), "1", px=_ttl_ms(self._marker_ttl))
+                pipe.pexpire(key, ttl_ms(ttl))
+            pipe.set(self._marker(member_id), "1", px=ttl_ms(self._marker_ttl))
         pipe.execute()
 
     # -- keys ----------------------------------------------------------------
 
-    def _key(self, member_id: int, rule: CapRule) -> str:
-        return f"{self.namespace}:cap:{{{member_id}}}:{rule.name}:{self._rule_fp[rule.name]}"
-
     def _marker(self, member_id: int) -> str:
-        return f"{self.namespace}:cap:{{{member_id}}}:ready:{self._set_fp}"
+        return self._layout.marker(member_id)
 
     def _zone(self, request: CapRequest) -> ZoneInfo:
         return resolve_zone(request.time_zone, self.default_time_zone)
@@ -394,41 +366,14 @@ class CapCounter:
         now: datetime,
         *,
         previous: bool = False,
-    ) -> list[_Slot]:
+    ) -> list[Slot]:
         """The counters ``message`` touches at ``now`` (or in the period before ``now``'s)."""
-        rules = [rule for rule in self.rules if rule.applies(message.channel, message.category)]
-        if not rules:
-            return []
-        today = now.astimezone(zone).date()
-        slots = []
-        for rule in rules:
-            base = self._key(message.member_id, rule)
-            window = rule.window
-            if isinstance(window, timedelta):
-                slots.append(_Slot(rule, base, _ms(now - window), window + _SLACK, None))
-                continue
-            label, start, end = _period(window, today)
-            if previous:
-                label, start, end = _period(window, start - timedelta(days=1))
-            period_end = local_midnight(end, zone)
-            ttl = max(period_end - now, timedelta(0)) + _SLACK
-            slots.append(_Slot(rule, f"{base}:{label}", None, ttl, period_end))
-        return slots
+        shapes = self._layout.shapes(
+            message.channel, message.category, zone, now, previous=previous
+        )
+        return self._layout.slots(message.member_id, shapes)
 
 
-def _period(window: str, day: date) -> tuple[str, date, date]:
-    """The calendar period containing ``day``: its label, first day, and the day after it."""
-    if window == "calendar_day":
-        return day.isoformat(), day, day + timedelta(days=1)
-    year, week, weekday = day.isocalendar()
-    monday = day - timedelta(days=weekday - 1)
-    return f"{year}-W{week:02d}", monday, monday + timedelta(days=7)
-
-
-def _reservation(request: CapRequest, slots: list[_Slot]) -> Reservation:
+def _reservation(request: CapRequest, slots: list[Slot]) -> Reservation:
     rules = tuple(slot.rule.name for slot in slots)
     return Reservation(member_id=request.member_id, delivery_id=request.delivery_id, rules=rules)
-
-
-def _ttl_ms(ttl: timedelta) -> int:
-    return max(1, ttl // timedelta(milliseconds=1))

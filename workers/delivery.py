@@ -46,7 +46,7 @@ from store import (
 )
 from store.bulk import among
 
-from .capping import apply_caps
+from .capping import apply_caps, prepare_caps
 from .compose import Closed, Deferred, compose
 from .households import claim_households
 from .jobs import chunked
@@ -139,6 +139,7 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
         result.add(DeliveryStatus.DEFERRED, len(deferred))
 
     max_attempts = {row.id: rt.version(row.campaign_version_id).spec.max_attempts for row in rows}
+    prepare_caps(rt, [m for messages in sendable.values() for m in messages], now)
     for channel_name, messages in sendable.items():
         channel = rt.channels[channel_name]
         for chunk in chunked(messages, channel.max_batch):
