@@ -106,7 +106,9 @@ def parser() -> argparse.ArgumentParser:
         default=20_000,
         help="members the baselines send to (0: no baselines)",
     )
-    p.add_argument("--repeat", type=_positive, default=3, help="timed repetitions of reads")
+    p.add_argument(
+        "--repeat", type=_positive, default=3, help="timed repetitions of reads; rounds of caps"
+    )
     p.add_argument("--seed", type=int, default=7, help="the generator's random seed")
     p.add_argument("--timeout", type=float, default=0.0, help="seconds a run may take (0: auto)")
     p.add_argument(
