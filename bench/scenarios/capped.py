@@ -246,8 +246,10 @@ def _result(
                     TARGET,
                 )
             )
-    quiet = ", ".join(
-        f"{w.start:%H:%M}-{w.end:%H:%M} ({w.zones_inside} zones inside)" for w in windows
+    quiet = ", ".join(  # one per capped run; most runs get the same window
+        dict.fromkeys(
+            f"{w.start:%H:%M}-{w.end:%H:%M} ({w.zones_inside} zones inside)" for w in windows
+        )
     )
     result.notes += [
         "throughput is rows decided per second (sent + suppressed + deferred), from the tick"
