@@ -1,7 +1,8 @@
 """Frequency caps in the deliver job: reserve just before the claim, give back on failure.
 
 For each message about to be claimed, the program's cap rules are reserved in
-Redis in one atomic step per member (:class:`workers.caps.CapCounter`):
+Redis, atomically per message, a chunk's messages in one script call
+(:class:`workers.caps.CapCounter`):
 
 - reserved: the message goes on to be claimed and sent;
 - capped: the message is suppressed (reason ``frequency_cap``, detail naming
@@ -13,7 +14,9 @@ Redis in one atomic step per member (:class:`workers.caps.CapCounter`):
 
 A reservation is keyed by delivery id, so reserving again (a retry, a second
 worker on the same row) takes no second slot; a permanent failure gives it
-back (:func:`release_failed`).
+back (:func:`release_failed`). Before a deliver batch is cut into chunks,
+:func:`prepare_caps` rebuilds its members' missing counters in one go (an
+SMS batch of 1,000 is 50 chunks, which would each rebuild their own).
 """
 
 from __future__ import annotations
