@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -604,3 +605,38 @@ def test_a_flushed_counter_rebuilds_from_the_database(engine: Engine, client, re
     assert mine.count == 4
     assert mine.next_free_at == utc("2026-12-07T15:00")
     assert isinstance(theirs, Reservation)
+
+
+def test_prepare_caps_leaves_redis_alone_for_messages_no_rule_counts(client, redis_namespace):
+    """A transactional message never touches Redis, so a batch of them prepares nothing."""
+    from types import SimpleNamespace
+
+    from channels import Message
+    from workers.capping import prepare_caps
+
+    ledger = FakeLedger()
+    counter = CapCounter(client, redis_namespace, [WEEKLY, SMS_DAILY], ledger=ledger)
+
+    def message(member_id: int, channel: str, category: str) -> Message:
+        return Message(
+            delivery_id=member_id,
+            dedupe_key=f"k{member_id}",
+            member_id=member_id,
+            channel=channel,
+            to="+15555550100",
+            parts={"text": "hi"},
+            category=category,
+            campaign="c",
+            metadata={"time_zone": NY},
+        )
+
+    runtime: Any = SimpleNamespace(caps=counter)
+    now = utc("2026-12-01T15:00")
+    prepare_caps(runtime, [message(1, "sms", "transactional"), message(2, "push", "service")], now)
+    assert ledger.queries == []
+    assert not list(client.scan_iter(match=f"{redis_namespace}*"))
+    # while a counted one is prepared (its member's counters rebuilt)
+    prepare_caps(runtime, [message(3, "sms", "marketing")], now)
+    assert [ids for ids, _ in ledger.queries] == [[3]]
+    assert counter.counts("sms", "marketing")
+    assert not counter.counts("sms", "transactional")

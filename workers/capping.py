@@ -62,7 +62,11 @@ def prepare_caps(rt: Runtime, messages: Sequence[Message], now: datetime) -> Non
     counter = rt.caps
     if counter is None or not messages:
         return
-    zones = {m.member_id: m.metadata.get("time_zone") for m in messages}
+    zones = {
+        m.member_id: m.metadata.get("time_zone")
+        for m in messages
+        if counter.counts(m.channel, m.category)  # never Redis for what no rule counts
+    }
     try:
         counter.prepare(zones, now=now)
     except redis.RedisError as exc:

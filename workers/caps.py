@@ -9,10 +9,10 @@ computed here, which expires after the period.
 Reserving is one Lua script per batch of messages (up to 250), which decides
 them in order: for each message it checks every rule that applies and, only
 if all pass, adds the delivery id to each, so no two workers can both take a
-member's last slot. (One script per message cost the deliver job a command to
-pack, send and parse per message: a fifth of an email's worker CPU with caps
-on.) A delivery id already counted passes again
-(a retry does not take a second slot). ``transactional`` is never counted and
+member's last slot. (A script per message cost a command to pack, send and
+parse per message: a tenth of the deliver job's CPU per email with caps on.)
+A delivery id already counted passes again (a retry does not take a second
+slot). ``transactional`` is never counted and
 never touches Redis. :meth:`CapCounter.release` gives a slot back (a
 permanent failure must not use up the cap).
 
@@ -288,6 +288,10 @@ class CapCounter:
         pipe.execute()
 
     # -- rebuilding from the ledger -----------------------------------------
+
+    def counts(self, channel: str, category: str) -> bool:
+        """Whether any rule counts a message of ``category`` on ``channel``."""
+        return any(rule.applies(channel, category) for rule in self.rules)
 
     def prepare(self, time_zones: Mapping[int, str | None], *, now: datetime) -> int:
         """Rebuild, in one go, the counters of those of these members that lack their marker.
