@@ -50,7 +50,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 
 from .engine import insert_ignore
@@ -149,8 +149,8 @@ def stream_tuples(
     any execute, but result values are the driver's own: no result
     processors, so select columns whose types have none on psycopg (or
     convert them in SQL). Elsewhere ``Result.partitions`` with ``yield_per``
-    (SQLAlchemy rows, which unpack and compare as tuples). Closing the
-    iterator closes the cursor.
+    (SQLAlchemy rows, which unpack and compare as tuples). Errors are
+    SQLAlchemy's on both. Closing the iterator closes the cursor.
     """
     if connection.dialect.name != "postgresql":
         result = connection.execute(statement, execution_options={"yield_per": batch})
@@ -171,7 +171,11 @@ def stream_tuples(
                 raise StatementError(str(exc), str(compiled), params, exc) from exc
     driver = connection.connection.driver_connection
     assert driver is not None  # a live connection
-    with driver.cursor(name=f"loyalcast_{uuid.uuid4().hex}", binary=True) as cursor:
-        cursor.execute(str(compiled), params)
-        while rows := cursor.fetchmany(batch):
-            yield rows
+    sql = str(compiled)
+    try:
+        with driver.cursor(name=f"loyalcast_{uuid.uuid4().hex}", binary=True) as cursor:
+            cursor.execute(sql, params)
+            while rows := cursor.fetchmany(batch):
+                yield rows
+    except dialect.loaded_dbapi.Error as exc:  # the same exception types as any execute
+        raise DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error) from exc

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Engine, Table, select, text
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from store import (
     CampaignVersion,
@@ -201,5 +201,9 @@ def test_stream_tuples_closes_its_server_side_cursor_when_closed_early(pg_url: s
         during = conn.scalar(text("SELECT count(*) FROM pg_cursors"))
         pages.close()
         after = conn.scalar(text("SELECT count(*) FROM pg_cursors"))
+    # And a failing query raises SQLAlchemy's error, as any execute would
+    failing = select((ProviderEvent.id / (ProviderEvent.id - ProviderEvent.id)).label("x"))
+    with pg_engine.begin() as conn, pytest.raises(DBAPIError, match="division by zero"):
+        list(stream_tuples(conn, failing, 10))
     pg_engine.dispose()
     assert (len(first), during, after) == (10, 1, 0)
