@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import textwrap
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,3 +200,22 @@ def scripted_channels(
     names: Sequence[str] = ("sms", "email", "push"),
 ) -> dict[str, Any]:
     return {name: ScriptedChannel(name, script) for name in names}
+
+
+def run_in_threads(target: Callable[[], None], count: int) -> None:
+    """Run ``target`` in ``count`` threads at once, wait for all, re-raise the first error."""
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            target()
+        except BaseException as exc:  # a worker thread's failure must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]

@@ -11,6 +11,8 @@ import redis
 from channels import TransientDeliveryError
 from channels.ratelimit import TokenBucket
 
+from .support import run_in_threads
+
 pytestmark = pytest.mark.redis
 
 
@@ -47,12 +49,8 @@ def test_concurrent_takers_share_one_rate(client, redis_namespace):
             else:
                 time.sleep(0.005)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
     # When they race for one second
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 8)
     # Then about 20 tokens were granted in all, never a burst beyond the rate
     assert 15 <= len(taken) <= 22
 
@@ -106,11 +104,7 @@ def test_acquire_in_batches_never_outruns_the_rate(client, redis_namespace):
             with lock:
                 taken.append(granted)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 4)
     # 10 at once, then 40/s for about a second (plus the last grants after the deadline)
     assert 40 <= sum(taken) <= 10 + 40 * 1.2 + 4
     assert all(1 <= g <= 8 for g in taken)

@@ -21,7 +21,14 @@ from workers.sequences import (
 )
 from workers.sweeping import sweep
 
-from .support import add_member, create, runtime_for, scripted_channels, sessions_for
+from .support import (
+    add_member,
+    create,
+    run_in_threads,
+    runtime_for,
+    scripted_channels,
+    sessions_for,
+)
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -355,11 +362,7 @@ def test_concurrent_enrollments_of_the_same_members_enroll_each_once(world):
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(run, 2)
     assert errors == []
     assert sum(len(r.enrolled) for r in results) == 40
     assert sorted(e.member_id for r in results for e in r.enrolled) == sorted(members)
