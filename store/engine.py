@@ -7,6 +7,12 @@ for it (busy timeout) instead of failing with ``SQLITE_BUSY`` when a read
 transaction later tries to write. Concurrency on SQLite is therefore one
 writer at a time, which is what the embedded default is for; PostgreSQL is
 the engine at scale.
+
+PostgreSQL sessions run in UTC (``SET TIME ZONE 'UTC'`` on connect): every
+instant loyalcast stores is UTC, so anything the server derives from one
+(a ``::date``, a ``date_trunc``) means the same on every server, and psycopg
+hands back instants already in ``datetime.UTC``, which
+:class:`store.models.UTCDateTime` then passes through without converting.
 """
 
 from __future__ import annotations
@@ -50,7 +56,22 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         _configure_sqlite(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "postgresql":
+        _configure_postgresql(engine)
+    return engine
+
+
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # A SET in the connection's first transaction would be undone by its
+        # rollback, so it is committed on its own. (PgBouncer replays TimeZone
+        # on every server connection it hands this client.)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET TIME ZONE 'UTC'")
+        cursor.close()
+        dbapi_connection.commit()
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -211,6 +211,20 @@ def test_number_currency_and_date_follow_the_locale(locale: str | None, expected
     assert expected == render_body(body, context)
 
 
+def test_a_remembered_number_is_per_locale_and_pattern() -> None:
+    """Ints are formatted once per value, pattern and locale, never in another's."""
+    body = "{{ n|number }} {{ n|number('#,##0.00') }} {{ m|number }}"
+    renders = [
+        render_body(body, in_locale(locale) | {"n": 1234567, "m": 1234567.0})
+        for locale in ("de", "en", "de")
+    ]
+    assert renders == [
+        "1.234.567 1.234.567,00 1.234.567",
+        "1,234,567 1,234,567.00 1,234,567",
+        "1.234.567 1.234.567,00 1.234.567",
+    ]
+
+
 def test_locale_and_time_zone_fall_back_to_the_member() -> None:
     """Without top-level locale and time_zone, the member's own are used."""
     # Given

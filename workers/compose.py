@@ -22,11 +22,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from channels import Message
-from store import CampaignStatus, Consent, Delivery, DeliveryStatus, Member, PushToken
+from store import CampaignStatus, Delivery, DeliveryStatus, Member, PushToken
 from templates import TemplateError
 
 from .context import member_context, trigger_context
-from .policy import Skip, route
+from .policy import ConsentState, Skip, route
 from .quiet_hours import describe, next_opening
 from .reminder_dates import lead_date_wait, reminder_deadline
 from .runtime import LoadedVersion, Runtime
@@ -64,7 +64,7 @@ def compose(
     rt: Runtime,
     row: Delivery,
     member: Member | None,
-    consents: Mapping[str, Consent],
+    consents: Mapping[str, ConsentState],
     tokens: Sequence[PushToken],
     campaign_status: str | None,
     now: datetime,

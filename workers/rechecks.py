@@ -17,9 +17,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from store import Consent, Delivery, Member
+from store import Delivery, Member
 
 from .compose import Closed
+from .policy import ConsentState
 from .reminder_recheck import recheck_reminders
 from .runtime import Runtime
 from .sequence_checks import check_sequence_rows
@@ -34,7 +35,7 @@ Recheck = Callable[
         Runtime,
         Sequence[Delivery],
         Mapping[int, Member],
-        Mapping[int, Mapping[str, Consent]],
+        Mapping[int, Mapping[str, ConsentState]],
         datetime,
     ],
     list[Closed],
@@ -52,7 +53,7 @@ def recheck(
     rt: Runtime,
     rows: Sequence[Delivery],
     members: Mapping[int, Member],
-    consents: Mapping[int, Mapping[str, Consent]],
+    consents: Mapping[int, Mapping[str, ConsentState]],
     now: datetime,
 ) -> dict[int, Closed]:
     """The rows among ``rows`` whose trigger no longer holds, by delivery id."""

@@ -27,10 +27,11 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from store import Consent, Delivery, DeliveryStatus, Member, PointLot
+from store import Delivery, DeliveryStatus, Member, PointLot
 
 from .compose import Closed
 from .ledger import deliveries
+from .policy import ConsentState
 from .quiet_hours import resolve_zone
 from .runtime import Runtime
 
@@ -45,7 +46,7 @@ def recheck_reminders(
     rt: Runtime,
     rows: Sequence[Delivery],
     members: Mapping[int, Member],
-    consents: Mapping[int, Mapping[str, Consent]],
+    consents: Mapping[int, Mapping[str, ConsentState]],
     now: datetime,
 ) -> list[Closed]:
     """End the reminders whose points expired or were redeemed; refresh the others' amounts.

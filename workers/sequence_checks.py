@@ -34,7 +34,6 @@ from sqlalchemy.orm import Session
 
 from segments import compile_rule, parse_rule
 from store import (
-    Consent,
     ConsentStatus,
     Delivery,
     DeliveryStatus,
@@ -46,6 +45,7 @@ from store import (
 from .campaigns import CampaignSpec
 from .compose import Closed
 from .ledger import OPEN
+from .policy import ConsentState
 from .runtime import Runtime
 
 __all__ = ["EXIT_REASON", "STEP_REASON", "check_sequence_rows", "sequence_channels"]
@@ -74,7 +74,7 @@ def check_sequence_rows(
     rt: Runtime,
     rows: Sequence[Delivery],
     members: Mapping[int, Member],
-    consents: Mapping[int, Mapping[str, Consent]],
+    consents: Mapping[int, Mapping[str, ConsentState]],
     now: datetime,
 ) -> list[Closed]:
     """The rows of ``rows`` that end here (see the module docstring); writes exits."""
@@ -125,7 +125,7 @@ def check_sequence_rows(
     return closed
 
 
-def _opted_out_of_all(consents: Mapping[str, Consent], channels: Iterable[str]) -> bool:
+def _opted_out_of_all(consents: Mapping[str, ConsentState], channels: Iterable[str]) -> bool:
     names = list(channels)
     return bool(names) and all(
         (consent := consents.get(channel)) is not None and consent.status == ConsentStatus.OPTED_OUT

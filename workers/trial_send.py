@@ -20,13 +20,13 @@ from pathlib import Path
 from sqlalchemy import select
 
 from channels import Message, Outcome
-from store import Consent, Member, PushToken
+from store import Member
 from templates import TemplateError
 
 from .campaigns import CampaignFileError, Problem, parse_campaign
 from .catalog import load_campaign_templates
 from .context import member_context, sample_extras, trigger_context
-from .policy import Skip, route
+from .policy import Skip, load_reachability, route
 from .runtime import LoadedVersion, Runtime
 from .unsubscribe import unsubscribe_url
 
@@ -71,17 +71,9 @@ def send_trial(
         found = session.scalar(select(Member).where(Member.external_id == member))
         if found is None:
             raise LookupError(f"no member with external id {member!r}")
-        consents = {
-            c.channel: c
-            for c in session.scalars(select(Consent).where(Consent.member_id == found.id))
-        }
-        tokens = list(
-            session.scalars(
-                select(PushToken).where(PushToken.member_id == found.id).order_by(PushToken.id)
-            )
-        )
+        consents, tokens = load_reachability(session, [found.id])
         session.expunge_all()
-    decision = route(found, consents, tokens, channels, spec.category)
+    decision = route(found, consents[found.id], tokens[found.id], channels, spec.category)
     if isinstance(decision, Skip):
         raise TrialRefused(f"{member} cannot receive {spec.name}: {decision.detail}")
     version = LoadedVersion(0, 0, spec.name, 0, spec, templates)

@@ -55,7 +55,6 @@ from store import (
     CampaignRun,
     CampaignStatus,
     CampaignVersion,
-    Consent,
     Delivery,
     DeliveryStatus,
     Member,
@@ -71,6 +70,7 @@ from .jobs import chunked, enqueue_deliver
 from .ledger import deliveries
 from .planning import PlanResult
 from .planning import _finish as finish_run  # the kinds' planners build on planning
+from .policy import ConsentState
 from .program import Program
 from .recurrence import since_unchanged
 from .runs import write_run
@@ -259,7 +259,7 @@ def recheck_triggered(
     rt: Runtime,
     rows: Sequence[Delivery],
     members: Mapping[int, Member],
-    consents: Mapping[int, Mapping[str, Consent]],
+    consents: Mapping[int, Mapping[str, ConsentState]],
     now: datetime,
 ) -> list[Closed]:
     """The trigger, checked again at send time: a member who has left the segment since
