@@ -167,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[ScenarioResult] = []
     with BenchEnv(options, console) as env:
         machine = env.machine()
+        if machine["postgresql_autovacuum"] != "on":
+            console.print(
+                "note: autovacuum is off on this PostgreSQL server: tables are vacuumed and"
+                " analyzed only where the bench does it (after seeding, between caps runs)"
+            )
         parameters = {
             **dataclasses.asdict(options),
             "scenarios": names,

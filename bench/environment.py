@@ -282,6 +282,7 @@ class BenchEnv:
         memory = psutil.virtual_memory().total
         with self.engine.connect() as conn:
             postgres = str(conn.exec_driver_sql("SELECT version()").scalar())
+            autovacuum = str(conn.exec_driver_sql("SHOW autovacuum").scalar())
         client = redis.Redis.from_url(self.options.redis_url)
         try:
             redis_version = str(client.info("server").get("redis_version"))
@@ -294,6 +295,7 @@ class BenchEnv:
             "system": f"{platform.system()} {platform.release()}",
             "python": sys.version.split()[0],
             "postgresql": postgres.split(" on ")[0],
+            "postgresql_autovacuum": autovacuum,
             "redis": redis_version,
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         }

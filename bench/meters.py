@@ -9,6 +9,9 @@ which at a million emails would be gigabytes.
 
 :class:`RssSampler` samples the resident memory of a process tree (the
 dramatiq parent and its forked workers) with psutil and keeps the peaks.
+:class:`DatabaseCpu` reads the CPU time of the PostgreSQL server, when it runs
+on this machine: the workers, the database and the fakes share its cores, so
+where the time goes says what a faster worker could gain.
 
 Recipients are compared as a multiset (``Counter`` of ``fake:to``) against
 what the store says was sent, not checked for uniqueness: the generated
@@ -26,12 +29,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+from sqlalchemy import Engine
 
 from channels.fakes.sendgrid import FakeSendGrid
 from channels.fakes.server import FakeProvider
 from channels.fakes.twilio import FakeTwilio
 
-__all__ = ["FAKE_OF", "FakeMeter", "Intake", "RssSampler", "check_intake", "recipient_key"]
+__all__ = [
+    "FAKE_OF",
+    "DatabaseCpu",
+    "FakeMeter",
+    "Intake",
+    "RssSampler",
+    "check_intake",
+    "recipient_key",
+]
 
 MIB = 2**20
 #: channel -> the fake that serves it.
@@ -243,3 +255,57 @@ class RssSampler:
     @property
     def peak_total_mib(self) -> float:
         return self.peak_total_bytes / MIB
+
+
+_LOOPBACK = (None, "", "localhost", "127.0.0.1", "::1")
+
+
+def database_server_pid(engine: Engine) -> int | None:
+    """The pid of ``engine``'s PostgreSQL server (postmaster) if it runs here, else None."""
+    if engine.url.get_backend_name() != "postgresql" or engine.url.host not in _LOOPBACK:
+        return None
+    with engine.connect() as conn:
+        backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    try:
+        server = psutil.Process(int(backend)).parent()
+        if server is None or not server.name().startswith("postgres"):
+            return None
+        return int(server.pid)
+    except psutil.Error:  # another namespace (a container) or no access
+        return None
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the server ``pid``: its own, its live children's and its ended ones'.
+
+    A backend that ends is reaped by the server, which then counts its time
+    as ``children_user`` and ``children_system``.
+    """
+    times = psutil.Process(pid).cpu_times()
+    return tree_cpu_seconds(pid) + float(times.children_user + times.children_system)
+
+
+class DatabaseCpu:
+    """CPU seconds the local PostgreSQL server used inside the ``with`` block.
+
+    :attr:`seconds` stays None when the server is not on this machine (or its
+    processes cannot be read). It is the whole server: the backends serving
+    the workers, and the bench's own polling (one short query per half second).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.pid = database_server_pid(engine)
+        self.seconds: float | None = None
+        self._start = 0.0
+
+    def __enter__(self) -> DatabaseCpu:
+        if self.pid is not None:
+            self._start = server_cpu_seconds(self.pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pid is not None:
+            try:
+                self.seconds = server_cpu_seconds(self.pid) - self._start
+            except psutil.Error:
+                self.seconds = None

@@ -34,7 +34,7 @@ from workers.jobs import QUEUES
 from workers.runtime import program_for
 
 from .environment import BenchEnv
-from .meters import FakeMeter, Intake, RssSampler, recipient_key
+from .meters import DatabaseCpu, FakeMeter, Intake, RssSampler, recipient_key
 from .pool import running_workers
 
 __all__ = ["CAMPAIGN", "OurRun", "measure_broadcast", "our_workers", "write_campaign"]
@@ -71,6 +71,8 @@ class OurRun:
     peak_total_mib: float
     cpu_seconds: float
     """CPU the worker processes used, from the tick to the end of the run."""
+    db_cpu_seconds: float | None
+    """CPU the PostgreSQL server used meanwhile; None when it is not on this machine."""
     recipients: Counter[str]
     """What the ledger says was sent, as :func:`bench.meters.check_intake` compares it."""
 
@@ -127,7 +129,7 @@ def measure_broadcast(
     run_id = created.run_id
     meter.reset()
     assert group.pid is not None
-    with RssSampler(group.pid) as rss:
+    with RssSampler(group.pid) as rss, DatabaseCpu(env.engine) as db:
         started = time.time()
         claimed = tick(env.sessions, broker)
         if run_id not in claimed:
@@ -170,6 +172,7 @@ def measure_broadcast(
         peak_process_mib=rss.peak_process_mib,
         peak_total_mib=rss.peak_total_mib,
         cpu_seconds=rss.cpu_seconds,
+        db_cpu_seconds=db.seconds,
         recipients=recipients,
     )
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from bench.cli import main
 from bench.environment import database_on
-from bench.meters import Intake, check_intake
+from bench.meters import DatabaseCpu, Intake, check_intake
 from bench.scenarios.broadcast import KINDS, throughput_series
 from bench.scenarios.capped_world import caps_policy, quiet_window
 from bench.scenarios.segment_eval import RULES
@@ -133,6 +133,7 @@ def test_segments_and_the_raw_baseline_report_the_counts_the_rules_and_consents_
             assert 0 < expected < MEMBERS
             assert raw[f"raw {kind}"]["msgs/s"] > 0
         assert data["machine"]["logical_cpus"] >= 1
+        assert data["machine"]["postgresql_autovacuum"] in ("on", "off")
     finally:
         set_clock(previous)
         if work_dir is not None:  # --keep kept the worker logs too
@@ -142,6 +143,37 @@ def test_segments_and_the_raw_baseline_report_the_counts_the_rules_and_consents_
             with admin.connect() as conn:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             admin.dispose()
+
+
+def test_database_cpu_counts_the_local_server_s_work_and_nothing_for_sqlite(
+    tmp_path: Path,
+) -> None:
+    """The server's CPU is read around the block: a query that burns it shows up."""
+    require_postgres()
+    engine = make_engine(PG_ADMIN_URL)
+    try:
+        # When a query keeps a backend busy inside the block
+        with DatabaseCpu(engine) as idle:
+            pass
+        with DatabaseCpu(engine) as busy, engine.connect() as conn:
+            conn.exec_driver_sql("SELECT count(*) FROM generate_series(1, 3000000)").scalar()
+    finally:
+        engine.dispose()
+    # Then its time is counted, and an empty block counts (almost) none
+    assert busy.pid is not None
+    assert busy.seconds is not None
+    assert busy.seconds > 0.05
+    assert idle.seconds is not None
+    assert idle.seconds < busy.seconds
+    # And a database that is not a local PostgreSQL server is not measured
+    sqlite = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with DatabaseCpu(sqlite) as none:
+            pass
+    finally:
+        sqlite.dispose()
+    assert none.pid is None
+    assert none.seconds is None
 
 
 def test_throughput_series_bins_messages_per_second_from_the_start() -> None:

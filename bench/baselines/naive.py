@@ -27,7 +27,7 @@ from loyalcast.settings import Settings
 from store import Member
 
 from ..environment import BenchEnv
-from ..meters import FakeMeter, Intake, RssSampler, recipient_key
+from ..meters import DatabaseCpu, FakeMeter, Intake, RssSampler, recipient_key
 from ..pool import running_workers
 
 __all__ = ["ACTOR", "QUEUE", "SENDS", "NaiveRun", "measure_naive", "naive_workers"]
@@ -63,6 +63,8 @@ class NaiveRun:
     peak_total_mib: float
     cpu_seconds: float
     """CPU the worker processes used, from the first enqueue to the end."""
+    db_cpu_seconds: float | None
+    """CPU the PostgreSQL server used meanwhile; None when it is not on this machine."""
     recipients: Counter[str]
     """What ``bench_naive_sends`` says was sent (see :func:`bench.meters.check_intake`)."""
 
@@ -118,7 +120,7 @@ def measure_naive(
     meter.reset()
     assert group.pid is not None
     try:
-        with RssSampler(group.pid) as rss:
+        with RssSampler(group.pid) as rss, DatabaseCpu(env.engine) as db:
             started = time.time()
             for member_id in ids:
                 broker.enqueue(
@@ -160,6 +162,7 @@ def measure_naive(
         peak_process_mib=rss.peak_process_mib,
         peak_total_mib=rss.peak_total_mib,
         cpu_seconds=rss.cpu_seconds,
+        db_cpu_seconds=db.seconds,
         recipients=recipients,
     )
 

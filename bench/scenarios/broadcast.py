@@ -176,6 +176,8 @@ def _result(
         row.add("worker peak RSS", done.peak_process_mib, "MiB")
         row.add("workers total RSS", done.peak_total_mib, "MiB")
         row.add("worker CPU/1k msgs", 1000 * done.cpu_seconds / max(done.sent, 1), "s")
+        if done.db_cpu_seconds is not None:
+            row.add("database CPU/1k msgs", 1000 * done.db_cpu_seconds / max(done.sent, 1), "s")
         result.series[f"ours {kind}"] = throughput_series(done.intake.timeline, done.started_at)
         if kind in naive:
             n = naive[kind]
@@ -188,6 +190,8 @@ def _result(
             row.add("worker peak RSS", n.peak_process_mib, "MiB")
             row.add("workers total RSS", n.peak_total_mib, "MiB")
             row.add("worker CPU/1k msgs", 1000 * n.cpu_seconds / max(n.sent, 1), "s")
+            if n.db_cpu_seconds is not None:
+                row.add("database CPU/1k msgs", 1000 * n.db_cpu_seconds / max(n.sent, 1), "s")
             result.ratios.append(
                 Ratio(
                     f"{kind} ours/naive",

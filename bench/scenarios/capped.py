@@ -154,6 +154,14 @@ def _cpu_per_1k(runs: Sequence[Pass]) -> float:
     return median(1000 * p.cpu_seconds / max(p.decided, 1) for p in runs)
 
 
+def _db_cpu_per_1k(runs: Sequence[Pass]) -> float | None:
+    """The database server's median CPU seconds per 1,000 rows; None when it is not local."""
+    seconds = [p.run.db_cpu_seconds for p in runs]
+    if any(s is None for s in seconds):
+        return None
+    return median(1000 * (s or 0.0) / max(p.decided, 1) for s, p in zip(seconds, runs, strict=True))
+
+
 def _measure(
     env: BenchEnv, settings: Settings, meter: FakeMeter, kind: str, label: str, round_no: int
 ) -> Pass:
@@ -222,6 +230,9 @@ def _result(
             row.add("fastest", rates[-1], "rows/s")
             row.add("msgs/s", done.run.sent / done.seconds if done.seconds else 0.0, "msg/s")
             row.add("worker CPU/1k rows", _cpu_per_1k(by_label[label]), "s")
+            db_cpu = _db_cpu_per_1k(by_label[label])
+            if db_cpu is not None:
+                row.add("database CPU/1k rows", db_cpu, "s")
             row.add("plan", done.run.plan_seconds, "s")
             row.add("worker peak RSS", done.run.peak_process_mib, "MiB")
         opened = medians["open"]
