@@ -4,6 +4,7 @@
     python -m bench segments expiry --members 100000 --repeat 5
     python -m bench broadcast --members 20000 --channels email,sms --keep
     python -m bench caps --members 20000
+    python -m bench deliver --members 50000 --channels email,sms --deliver-rows 20000
     python -m bench plot bench/results/run-20260101T120000Z.json
     python -m bench table bench/results/run-20260101T120000Z.json
 
@@ -27,7 +28,7 @@ from rich.console import Console
 
 from .environment import BENCH_DIR, BenchEnv, BenchOptions
 from .report import ScenarioResult, markdown, print_result, write_json
-from .scenarios import broadcast, capped, expiry_scan, raw, segment_eval, tick
+from .scenarios import broadcast, capped, deliver_job, expiry_scan, raw, segment_eval, tick
 
 __all__ = ["SCENARIOS", "main"]
 
@@ -40,10 +41,14 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "expiry": ("b", lambda env, args: expiry_scan.run(env)),
     "broadcast": ("c", lambda env, args: broadcast.run(env, args.channels)),
     "caps": ("d", lambda env, args: capped.run(env, args.channels)),
+    "deliver": (
+        "c, per row",
+        lambda env, args: deliver_job.run(env, args.channels, args.deliver_rows),
+    ),
     "tick": ("e", lambda env, args: tick.run(env)),
     "raw": ("ii", lambda env, args: raw.run(env, args.channels)),
 }
-ALL = ("segments", "expiry", "broadcast", "caps", "tick")
+ALL = ("segments", "expiry", "broadcast", "caps", "deliver", "tick")
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -107,7 +112,16 @@ def parser() -> argparse.ArgumentParser:
         help="members the baselines send to (0: no baselines)",
     )
     p.add_argument(
-        "--repeat", type=_positive, default=3, help="timed repetitions of reads; rounds of caps"
+        "--repeat",
+        type=_positive,
+        default=3,
+        help="timed repetitions of reads; rounds of caps; passes of deliver",
+    )
+    p.add_argument(
+        "--deliver-rows",
+        type=_positive,
+        default=deliver_job.DEFAULT_ROWS,
+        help="members each pass of deliver plans and delivers",
     )
     p.add_argument("--seed", type=int, default=7, help="the generator's random seed")
     p.add_argument("--timeout", type=float, default=0.0, help="seconds a run may take (0: auto)")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dramatiq
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from loyalcast.processes import WorkerGroup
 from loyalcast.settings import Settings
@@ -37,7 +37,14 @@ from .environment import BenchEnv
 from .meters import DatabaseCpu, FakeMeter, Intake, RssSampler, recipient_key
 from .pool import running_workers
 
-__all__ = ["CAMPAIGN", "OurRun", "measure_broadcast", "our_workers", "write_campaign"]
+__all__ = [
+    "CAMPAIGN",
+    "OurRun",
+    "measure_broadcast",
+    "our_workers",
+    "sent_recipients",
+    "write_campaign",
+]
 
 CAMPAIGN = """\
 name: {name}
@@ -146,14 +153,7 @@ def measure_broadcast(
                 .group_by(Delivery.status, Delivery.channel)
             ).all()
         }
-        recipients = Counter(
-            recipient_key(str(channel), str(email if channel == "email" else phone))
-            for channel, email, phone in conn.execute(
-                select(Delivery.channel, Member.email, Member.phone)
-                .join(Member, Member.id == Delivery.member_id)
-                .where(Delivery.run_id == run_id, Delivery.status == DeliveryStatus.SENT)
-            ).all()
-        )
+        recipients = sent_recipients(conn, run_id)
     # From the tick to the last page: the planner moves claimed_at on with every page.
     plan_seconds = run.planned_at.timestamp() - started if run.planned_at else 0.0
     end = intake.last_request_at or time.time()
@@ -174,6 +174,18 @@ def measure_broadcast(
         cpu_seconds=rss.cpu_seconds,
         db_cpu_seconds=db.seconds,
         recipients=recipients,
+    )
+
+
+def sent_recipients(conn: Connection, run_id: int) -> Counter[str]:
+    """Who the ledger says run ``run_id`` sent to, as :func:`bench.meters.check_intake` compares."""
+    return Counter(
+        recipient_key(str(channel), str(email if channel == "email" else phone))
+        for channel, email, phone in conn.execute(
+            select(Delivery.channel, Member.email, Member.phone)
+            .join(Member, Member.id == Delivery.member_id)
+            .where(Delivery.run_id == run_id, Delivery.status == DeliveryStatus.SENT)
+        ).all()
     )
 
 

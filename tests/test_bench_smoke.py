@@ -76,10 +76,10 @@ def _figures(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {row["label"]: {f["name"]: f["value"] for f in row["figures"]} for row in result["rows"]}
 
 
-def test_segments_and_the_raw_baseline_report_the_counts_the_rules_and_consents_give(
+def test_segments_raw_and_deliver_report_the_counts_the_rules_and_consents_give(
     tmp_path: Path,
 ) -> None:
-    """At 200 members every rule's count and every raw request count equals the reference."""
+    """At 200 members every rule's count, raw request count and send count is the reference's."""
     require_postgres()
     require_redis()
     # Given a fixed clock, so relative rules resolve identically here and in the bench
@@ -88,11 +88,15 @@ def test_segments_and_the_raw_baseline_report_the_counts_the_rules_and_consents_
     out = tmp_path / "results.json"
     database = work_dir = None
     try:
-        # When the bench runs segment evaluation and the raw HTTP baseline at 200 members
+        # When the bench runs segment evaluation, the raw HTTP baseline and the
+        # deliver job at 200 members
         code = main(
             [
                 "segments",
                 "raw",
+                "deliver",
+                "--deliver-rows",
+                str(MEMBERS),
                 "--members",
                 str(MEMBERS),
                 "--baseline-limit",
@@ -132,6 +136,16 @@ def test_segments_and_the_raw_baseline_report_the_counts_the_rules_and_consents_
             assert raw[f"raw {kind}"]["messages"] == expected, kind
             assert 0 < expected < MEMBERS
             assert raw[f"raw {kind}"]["msgs/s"] > 0
+
+        # And the plan and deliver jobs, run in the bench's process, planned every
+        # member and sent to those same members (the fakes agreeing), at some cost
+        deliver = _figures(results["deliver"])
+        for kind, channels in KINDS.items():
+            expected = sum(_sendable(m, channels) for m in members)
+            assert deliver[f"{kind} plan"]["rows"] == MEMBERS, kind
+            assert deliver[f"{kind} deliver"]["sent"] == expected, kind
+            assert deliver[f"{kind} deliver"]["suppressed"] == MEMBERS - expected, kind
+            assert deliver[f"{kind} deliver"]["thread CPU/row"] > 0
         assert data["machine"]["logical_cpus"] >= 1
         assert data["machine"]["postgresql_autovacuum"] in ("on", "off")
     finally:

@@ -44,7 +44,7 @@ from store import (
     RunStatus,
     utcnow,
 )
-from store.bulk import among
+from store.bulk import among, unindexed
 
 from .capping import apply_caps, prepare_caps
 from .compose import Closed, Deferred, compose
@@ -79,7 +79,7 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
             session.scalars(
                 select(Delivery).where(
                     among(session, Delivery.id, delivery_ids),
-                    Delivery.status.in_(OPEN),
+                    unindexed(Delivery.status).in_(OPEN),
                     or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
                 )
             )
@@ -175,7 +175,7 @@ def _send_chunk(
                 update(Delivery)
                 .where(
                     among(session, Delivery.id, [m.delivery_id for m in chunk]),
-                    Delivery.status.in_(OPEN),
+                    unindexed(Delivery.status).in_(OPEN),
                     or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
                     # Cancel and pause take effect here, on every worker, at once.
                     Delivery.campaign_id.in_(

@@ -165,8 +165,7 @@ def discard_run(env: BenchEnv, run_id: int) -> None:
     """
     with env.engine.begin() as conn:
         conn.execute(delete(Delivery).where(Delivery.run_id == run_id))
-    with env.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("VACUUM ANALYZE deliveries")
+    env.vacuum("deliveries")
 
 
 def clear_counters(env: BenchEnv, namespace: str) -> int:
