@@ -41,6 +41,7 @@ from store import (
     EnrollmentStatus,
     Member,
 )
+from store.bulk import unindexed
 
 from .campaigns import CampaignSpec
 from .compose import Closed
@@ -191,7 +192,8 @@ def _write_exits(session: Session, exits: Mapping[int, str], now: datetime) -> N
         )
         session.execute(
             update(Delivery)
-            .where(Delivery.enrollment_id.in_(ids), Delivery.status.in_(OPEN))
+            # By enrollment, never by status: see store.bulk.unindexed.
+            .where(Delivery.enrollment_id.in_(ids), unindexed(Delivery.status).in_(OPEN))
             .execution_options(synchronize_session=False)
             .values(
                 status=DeliveryStatus.SUPPRESSED,
