@@ -15,6 +15,12 @@ a time. How those rows travel matters at a million members:
 - **SQLite:** executemany of the compiled statement; the driver loops in C
   and there is no network in between.
 
+Updating a page of rows, each with values of its own (a deliver job
+recording what the provider answered for 1,000 messages), is the same
+shape: :func:`update_many` is one ``UPDATE ... FROM unnest(...)`` joined on
+the key on PostgreSQL, where executemany would send, and the server plan
+and run, one ``UPDATE`` per row; executemany on SQLite.
+
 The same holds for reading or updating a page of rows by id: :func:`among`
 is ``column = ANY(:array)`` on PostgreSQL, one parameter, where ``IN`` would
 render (and make the driver parse) one placeholder per id: for 1,000 ids,
@@ -50,6 +56,7 @@ from sqlalchemy import (
     cast,
     func,
     select,
+    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -57,7 +64,7 @@ from sqlalchemy.orm import Session
 
 from .engine import insert_ignore
 
-__all__ = ["among", "insert_ignore_many", "stream_tuples", "unindexed"]
+__all__ = ["among", "insert_ignore_many", "stream_tuples", "unindexed", "update_many"]
 
 
 def among(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
@@ -110,16 +117,7 @@ def insert_ignore_many(
     """
     if not rows:
         return []
-    names = list(rows[0])
-    wanted = set(names)
-    for number, row in enumerate(rows, start=1):
-        if row.keys() != wanted:
-            raise ValueError(
-                f"row {number} of {len(rows)} has columns {sorted(row)}, not {sorted(wanted)}"
-            )
-    unknown = [name for name in names if name not in table.c]
-    if unknown:
-        raise ValueError(f"{table.name} has no column {unknown}")
+    names = _columns_of(table, rows)
     dialect = session.get_bind().dialect.name
     stmt = insert_ignore(dialect, table, None, conflict_columns)
     if dialect == "postgresql":
@@ -132,6 +130,62 @@ def insert_ignore_many(
         return typing.cast("list[tuple[Any, ...]]", inserted)  # a Row is a tuple
     session.execute(stmt, params)
     return []
+
+
+def update_many(
+    session: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: str = "id",
+    where: Iterable[ColumnElement[bool]] = (),
+    values: Mapping[str, Any] | None = None,
+) -> None:
+    """Update each of ``rows``: the row of ``table`` whose ``key`` column equals its ``key``.
+
+    Each row's other keys are columns set to its own values, ``values`` are
+    set on every row alike, and ``where`` (conditions on ``table``'s columns)
+    must also hold for a row to change. Every row must have the same keys.
+    Write ``where`` so that executemany can run it on SQLite: ``or_`` of
+    equalities rather than ``in_`` over a list.
+
+    Raises:
+        ValueError: the rows do not all have the same keys, a key is not a
+            column, or a row lacks ``key``.
+    """
+    if not rows:
+        return
+    names = _columns_of(table, rows)
+    if key not in names:
+        raise ValueError(f"rows have no {key!r} to find them by")
+    own = [name for name in names if name != key]
+    stmt = update(table)
+    if session.get_bind().dialect.name == "postgresql":
+        given = _unnest(table, names, rows).subquery("given")
+        stmt = stmt.where(table.c[key] == given.c[key], *where).values(
+            {**{name: given.c[name] for name in own}, **(values or {})}
+        )
+        session.execute(stmt)
+        return
+    stmt = stmt.where(table.c[key] == bindparam(f"b_{key}"), *where).values(
+        {**{name: bindparam(f"b_{name}") for name in own}, **(values or {})}
+    )
+    session.execute(stmt, [{f"b_{name}": row[name] for name in names} for row in rows])
+
+
+def _columns_of(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The keys every one of ``rows`` has, each a column of ``table``."""
+    names = list(rows[0])
+    wanted = set(names)
+    for number, row in enumerate(rows, start=1):
+        if row.keys() != wanted:
+            raise ValueError(
+                f"row {number} of {len(rows)} has columns {sorted(row)}, not {sorted(wanted)}"
+            )
+    unknown = [name for name in names if name not in table.c]
+    if unknown:
+        raise ValueError(f"{table.name} has no column {unknown}")
+    return names
 
 
 def _unnest(table: Table, names: list[str], rows: Sequence[Mapping[str, Any]]) -> Any:
@@ -149,7 +203,9 @@ def _unnest(table: Table, names: list[str], rows: Sequence[Mapping[str, Any]]) -
     for index, (name, values) in enumerate(columns.items()):
         column_type = table.c[name].type
         if same[name]:
-            constant[name] = cast(bindparam(f"c{index}", values[0], type_=column_type), column_type)
+            constant[name] = cast(
+                bindparam(f"c{index}", values[0], type_=column_type), column_type
+            ).label(name)
         else:
             array_type = ARRAY(column_type)
             arrays.append(cast(bindparam(f"a{index}", values, type_=array_type), array_type))

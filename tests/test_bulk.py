@@ -18,7 +18,7 @@ from store import (
     make_engine,
     make_sessionmaker,
 )
-from store.bulk import among, insert_ignore_many, stream_tuples
+from store.bulk import among, insert_ignore_many, stream_tuples, update_many
 from tests.support import add_member, create, write_campaign
 
 deliveries = cast(Table, Delivery.__table__)
@@ -135,6 +135,93 @@ def test_bad_rows_are_refused_before_anything_is_written(engine: Engine) -> None
     with sessions() as session:
         assert session.scalar(select(ProviderEvent.id)) is None
         assert session.scalar(select(Member.id)) is None
+
+
+def test_update_many_sets_each_rows_own_values_where_the_guard_holds(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Own values per row, shared values on all, a guard that spares a row; both dialects."""
+    rows = _delivery_rows(engine, tmp_path, 6)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        ids = [
+            i
+            for (i,) in insert_ignore_many(
+                session, deliveries, rows, ["dedupe_key"], [deliveries.c.id]
+            )
+        ]
+    ids.sort()
+    later = NOW + timedelta(minutes=5)
+    given = [
+        {"id": ids[0], "provider_message_id": "SG-0", "detail": None},
+        {"id": ids[1], "provider_message_id": None, "detail": "second"},
+        {"id": ids[2], "provider_message_id": "SG-2", "detail": 'it\'s "quoted"'},
+        {"id": ids[3], "provider_message_id": "SG-3", "detail": None},  # spared by the guard
+    ]
+    with sessions.begin() as session:
+        update_many(
+            session,
+            deliveries,
+            given,
+            where=[deliveries.c.dedupe_key != rows[3]["dedupe_key"]],
+            values={"status": "sent", "sent_at": later, "updated_at": later},
+        )
+    with sessions() as session:
+        stored = {d.id: d for d in session.scalars(select(Delivery))}
+    for entry in given[:3]:
+        got = stored[entry["id"]]
+        assert (got.status, got.sent_at, got.updated_at) == ("sent", later, later)
+        assert (got.provider_message_id, got.detail) == (
+            entry["provider_message_id"],
+            entry["detail"],
+        )
+    for untouched in ids[3:]:
+        assert stored[untouched].status in {"pending", "deferred"}
+        assert stored[untouched].provider_message_id is None
+        assert stored[untouched].updated_at == NOW
+
+
+def test_update_many_with_identical_rows_a_single_row_and_none(
+    engine: Engine, tmp_path: Path
+) -> None:
+    rows = _delivery_rows(engine, tmp_path, 3)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        ids = [
+            i
+            for (i,) in insert_ignore_many(
+                session, deliveries, rows, ["dedupe_key"], [deliveries.c.id]
+            )
+        ]
+        update_many(
+            session, deliveries, [{"id": ids[0], "reason": "r"}, {"id": ids[1], "reason": "r"}]
+        )
+        update_many(session, deliveries, [{"id": ids[2], "reason": "only"}])
+        update_many(session, deliveries, [])
+    with sessions() as session:
+        reasons = {i: r for i, r in session.execute(select(Delivery.id, Delivery.reason))}
+    assert reasons == {ids[0]: "r", ids[1]: "r", ids[2]: "only"}
+
+
+def test_update_many_refuses_bad_rows_before_writing(engine: Engine, tmp_path: Path) -> None:
+    rows = _delivery_rows(engine, tmp_path, 2)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        [(first,), _] = insert_ignore_many(
+            session, deliveries, rows, ["dedupe_key"], [deliveries.c.id]
+        )
+    with sessions.begin() as session:
+        with pytest.raises(ValueError, match=r"row 2 of 2 has columns"):
+            update_many(session, deliveries, [{"id": first, "reason": "x"}, {"id": first}])
+        with pytest.raises(ValueError, match=r"deliveries has no column \['colour'\]"):
+            update_many(session, deliveries, [{"id": first, "colour": 1}])
+        with pytest.raises(ValueError, match=r"rows have no 'id'"):
+            update_many(session, deliveries, [{"reason": "x"}])
+    naive = [{"id": first, "sent_at": datetime(2026, 3, 1)}]
+    with sessions.begin() as session, pytest.raises(StatementError, match="naive datetime"):
+        update_many(session, deliveries, naive)
+    with sessions() as session:
+        assert session.scalar(select(Delivery.sent_at).where(Delivery.id == first)) is None
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 1500])

@@ -79,7 +79,7 @@ def test_the_page_and_its_claims_are_found_by_key_under_stale_statistics(
     seen: list[tuple[str, Any]] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "deliveries.id = ANY" in statement:
+        if "deliveries.id = ANY" in statement or "deliveries.id = given.id" in statement:
             seen.append((statement, parameters))
 
     event.listen(rt.engine, "before_cursor_execute", record)
@@ -90,14 +90,15 @@ def test_the_page_and_its_claims_are_found_by_key_under_stale_statistics(
         event.remove(rt.engine, "before_cursor_execute", record)
     assert result.counts["sent"] == 100
 
-    # Then the page's read and every claim (10 chunks of 10) look rows up by key
-    # (expiring leases is not among them: the status and lease index finds just the
-    # expired ones, usually none)
+    # Then the page's read, every claim (10 chunks of 10) and every chunk's record of
+    # what was sent look rows up by key (expiring leases is not among them: the status
+    # and lease index finds just the expired ones, usually none)
     reads = [(s, p) for s, p in seen if s.startswith("SELECT")]
     claims = [(s, p) for s, p in seen if "RETURNING deliveries.id, deliveries.attempts" in s]
-    assert (len(reads), len(claims)) == (1, 10)
+    records = [(s, p) for s, p in seen if "given" in s]
+    assert (len(reads), len(claims), len(records)) == (1, 10, 10)
     with admin.connect() as conn:
-        for statement, parameters in reads + claims:
+        for statement, parameters in reads + claims + records:
             plan = "\n".join(
                 row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters)
             )

@@ -174,8 +174,8 @@ def test_a_capped_deadline_bound_message_waits_for_a_free_slot_before_its_deadli
     assert kept == []
     if expected == "deferred":
         [entry] = deferred
-        assert entry["b_reason"] == "frequency_cap"
-        assert timedelta(days=6, hours=23) < entry["b_until"] - now <= timedelta(days=7)
+        assert entry["reason"] == "frequency_cap"
+        assert timedelta(days=6, hours=23) < entry["not_before"] - now <= timedelta(days=7)
     else:
         [entry] = closed
-        assert (entry["b_status"], entry["b_reason"]) == ("suppressed", "frequency_cap")
+        assert (entry["status"], entry["reason"]) == ("suppressed", "frequency_cap")

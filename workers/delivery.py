@@ -135,7 +135,7 @@ def deliver_batch(rt: Runtime, delivery_ids: Sequence[int]) -> DeliverResult:
             write_closed(session, closed)
             write_deferred(session, deferred)
         for entry in closed:
-            result.add(entry["b_status"])
+            result.add(entry["status"])
         result.add(DeliveryStatus.DEFERRED, len(deferred))
 
     max_attempts = {row.id: rt.version(row.campaign_version_id).spec.max_attempts for row in rows}

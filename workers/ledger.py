@@ -1,8 +1,10 @@
 """Bulk writes to the delivery ledger shared by the deliver job's steps.
 
-Every write is an executemany UPDATE guarded by the row's current status (and,
-after a claim, by the claim's owner token), so a row another worker has moved
-on is never moved back.
+Every write updates a page of rows, each with its own values, in one
+statement (:func:`store.bulk.update_many`), guarded by the row's current
+status (and, after a claim, by the claim's owner token), so a row another
+worker has moved on is never moved back. Entries name the columns they set:
+``{"id": ..., "status": ..., "reason": ..., "detail": ...}``.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, or_, update
+from sqlalchemy import Table, or_
 from sqlalchemy.orm import Session
 
 from store import Delivery, DeliveryStatus, utcnow
+from store.bulk import unindexed, update_many
 
 __all__ = [
     "OPEN",
@@ -31,7 +34,7 @@ __all__ = [
 #: Rows a deliver job may still send.
 OPEN = (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)
 
-#: The deliveries table, for Core executemany UPDATEs.
+#: The deliveries table, for Core UPDATEs of many rows.
 deliveries = cast(Table, Delivery.__table__)
 
 
@@ -46,52 +49,44 @@ class DeliverResult:
 
 
 def status_is(*statuses: str) -> Any:
-    """``status = a OR status = b``: an IN list cannot be used with executemany."""
-    return or_(*(deliveries.c.status == status for status in statuses))
+    """``status = a OR status = b`` beside a page of keys.
+
+    Not ``IN``: an expanding list cannot be used with executemany (SQLite's
+    path of :func:`~store.bulk.update_many`). Through
+    :func:`~store.bulk.unindexed`, so the page is found by key.
+    """
+    status = unindexed(deliveries.c.status)
+    return or_(*(status == value for value in statuses))
 
 
 def closed_entry(
     delivery_id: int, status: DeliveryStatus, reason: str, detail: str
 ) -> dict[str, Any]:
-    return {"b_id": delivery_id, "b_status": status, "b_reason": reason, "b_detail": detail}
+    return {"id": delivery_id, "status": status, "reason": reason, "detail": detail}
 
 
 def write_closed(session: Session, entries: list[dict[str, Any]]) -> None:
     """Close open rows as suppressed or failed, with their reasons."""
     if not entries:
         return
-    session.execute(
-        update(deliveries)
-        .where(deliveries.c.id == bindparam("b_id"), status_is(*OPEN))
-        .values(
-            status=bindparam("b_status"),
-            reason=bindparam("b_reason"),
-            detail=bindparam("b_detail"),
-            updated_at=utcnow(),
-        ),
-        entries,
+    update_many(
+        session, deliveries, entries, where=[status_is(*OPEN)], values={"updated_at": utcnow()}
     )
 
 
 def deferred_entry(delivery_id: int, until: datetime, reason: str, detail: str) -> dict[str, Any]:
     """One row for :func:`write_deferred`."""
-    return {"b_id": delivery_id, "b_until": until, "b_reason": reason, "b_detail": detail}
+    return {"id": delivery_id, "not_before": until, "reason": reason, "detail": detail}
 
 
 def write_deferred(session: Session, entries: list[dict[str, Any]]) -> None:
     """Defer open rows to ``b_until`` with their reason; the sweeper picks them up when due."""
     if not entries:
         return
-    session.execute(
-        update(deliveries)
-        .where(deliveries.c.id == bindparam("b_id"), status_is(*OPEN))
-        .values(
-            status=DeliveryStatus.DEFERRED,
-            not_before=bindparam("b_until"),
-            reason=bindparam("b_reason"),
-            detail=bindparam("b_detail"),
-            enqueued_at=None,
-            updated_at=utcnow(),
-        ),
+    update_many(
+        session,
+        deliveries,
         entries,
+        where=[status_is(*OPEN)],
+        values={"status": DeliveryStatus.DEFERRED, "enqueued_at": None, "updated_at": utcnow()},
     )

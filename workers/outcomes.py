@@ -1,6 +1,7 @@
 """Recording what providers answered: sent, retried later, unknown, failed, suppressed.
 
-Each claimed row's outcome is written with an UPDATE guarded by the claim's
+Each claimed row's outcome is written by one UPDATE per kind of outcome for
+the whole chunk (:func:`store.bulk.update_many`), guarded by the claim's
 owner token. A transient error defers the row (``not_before`` = retry-after or
 backoff) until its attempts reach the campaign's ``max_attempts``; an
 ambiguous one (the provider may have the message) ends ``unknown`` unless the
@@ -15,7 +16,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from channels import (
@@ -30,6 +31,7 @@ from channels import (
 )
 from channels.direct_mail import HOUSEHOLD
 from store import ConsentStatus, DeliveryStatus, PushToken, utcnow
+from store.bulk import update_many
 
 from .capping import release_failed
 from .feedback import set_consent
@@ -76,11 +78,7 @@ def record_outcomes(
     for message, outcome in zip(messages, outcomes, strict=True):
         did = message.delivery_id
         if isinstance(outcome, Receipt):
-            sent.append(
-                # sent_at is loyalcast's clock (store.utcnow), the one caps and the
-                # ledger are read by, not the channel's receipt time.
-                {"b_id": did, "b_pid": outcome.provider_message_id, "b_at": now}
-            )
+            sent.append({"id": did, "provider_message_id": outcome.provider_message_id})
         elif (
             isinstance(outcome, TransientDeliveryError)
             and outcome.ambiguous
@@ -95,10 +93,10 @@ def record_outcomes(
             soon = delay <= MAX_BROKER_DELAY
             deferred.append(
                 {
-                    "b_id": did,
-                    "b_until": now + delay,
-                    "b_detail": outcome.detail,
-                    "b_enq": now + delay if soon else None,
+                    "id": did,
+                    "not_before": now + delay,
+                    "detail": outcome.detail,
+                    "enqueued_at": now + delay if soon else None,
                 }
             )
             if soon:
@@ -114,56 +112,48 @@ def record_outcomes(
             )
             closed.append(closed_entry(did, DeliveryStatus.FAILED, reason, str(outcome)))
             never_sent.append(message)
-    guard = (deliveries.c.id == bindparam("b_id"), deliveries.c.lease_owner == owner)
+    claim = [deliveries.c.lease_owner == owner]
     with rt.sessions.begin() as session:
-        if sent:
-            session.execute(
-                update(deliveries)
-                .where(*guard, status_is(DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN))
-                .values(
-                    status=DeliveryStatus.SENT,
-                    provider_message_id=bindparam("b_pid"),
-                    sent_at=bindparam("b_at"),
-                    reason=None,
-                    detail=None,
-                    lease_until=None,
-                    updated_at=now,
-                ),
-                sent,
-            )
-        if closed:
-            session.execute(
-                update(deliveries)
-                .where(*guard, deliveries.c.status == DeliveryStatus.SENDING)
-                .values(
-                    status=bindparam("b_status"),
-                    reason=bindparam("b_reason"),
-                    detail=bindparam("b_detail"),
-                    lease_until=None,
-                    updated_at=now,
-                ),
-                closed,
-            )
-        if deferred:
-            session.execute(
-                update(deliveries)
-                .where(*guard, deliveries.c.status == DeliveryStatus.SENDING)
-                .values(
-                    status=DeliveryStatus.DEFERRED,
-                    reason="retry",
-                    detail=bindparam("b_detail"),
-                    not_before=bindparam("b_until"),
-                    enqueued_at=bindparam("b_enq"),
-                    lease_until=None,
-                    updated_at=now,
-                ),
-                deferred,
-            )
+        update_many(
+            session,
+            deliveries,
+            sent,
+            where=[*claim, status_is(DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)],
+            values={
+                "status": DeliveryStatus.SENT,
+                # loyalcast's clock (store.utcnow), the one caps and the ledger
+                # are read by, not the channel's receipt time.
+                "sent_at": now,
+                "reason": None,
+                "detail": None,
+                "lease_until": None,
+                "updated_at": now,
+            },
+        )
+        update_many(
+            session,
+            deliveries,
+            closed,
+            where=[*claim, status_is(DeliveryStatus.SENDING)],
+            values={"lease_until": None, "updated_at": now},
+        )
+        update_many(
+            session,
+            deliveries,
+            deferred,
+            where=[*claim, status_is(DeliveryStatus.SENDING)],
+            values={
+                "status": DeliveryStatus.DEFERRED,
+                "reason": "retry",
+                "lease_until": None,
+                "updated_at": now,
+            },
+        )
         apply_consequences(session, messages, outcomes, now)
     release_failed(rt, never_sent, now)
     result.add(DeliveryStatus.SENT, len(sent))
     for entry in closed:
-        result.add(entry["b_status"])
+        result.add(entry["status"])
     result.add(DeliveryStatus.DEFERRED, len(deferred))
     if rt.broker is not None:
         for delay_ms, ids in retry_soon.items():
