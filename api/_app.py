@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -20,6 +21,7 @@ from store import make_engine, make_sessionmaker
 
 from . import _campaigns, _events, _openapi, _sendgrid, _twilio, _unsubscribe
 from ._common import Context, context, log
+from ._limits import BodyLimit
 
 __all__ = ["create_app"]
 
@@ -41,7 +43,9 @@ def create_app(
     - ``GET /openapi.json``: the campaign API's OpenAPI 3.1 document.
 
     A webhook with a bad or missing signature gets 403 and changes nothing; a
-    webhook whose secret is not configured gets 503 naming the setting.
+    webhook whose secret is not configured gets 503 naming the setting. A
+    body over ``LOYALCAST_API_MAX_BODY_BYTES`` gets 413 on every route
+    (:mod:`api._limits`).
 
     Args:
         settings: the configuration (secrets, ``public_url``, signing key).
@@ -103,6 +107,7 @@ def create_app(
             Route("/campaigns/{name}/resume", _campaigns.resume, methods=["POST"]),
             Route("/openapi.json", _openapi.openapi, methods=["GET"]),
         ],
+        middleware=[Middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)],
         lifespan=lifespan,
     )
     app.state.loyalcast = ctx

@@ -181,6 +181,7 @@ _RESPONSES: dict[str, Any] = {
     "NotFound": _json("Error", "No campaign has that name."),
     "Conflict": _json("Error", "The campaign cannot make that transition."),
     "UnsupportedType": _json("Error", "The body's content type is not accepted."),
+    "TooLarge": _json("Error", "The body is over LOYALCAST_API_MAX_BODY_BYTES."),
     "Invalid": _json("ValidationErrors", "Every problem, with its field and line."),
     "Unconfigured": _json("Error", "LOYALCAST_API_TOKEN is not set: the API is off."),
 }
@@ -202,6 +203,7 @@ def _errors(*names: str) -> dict[str, Any]:
         "Unauthorized": "401",
         "NotFound": "404",
         "Conflict": "409",
+        "TooLarge": "413",
         "UnsupportedType": "415",
         "Invalid": "422",
         "Unconfigured": "503",
@@ -216,7 +218,7 @@ def _operation(summary: str, ok: dict[str, Any], *errors: str, **extra: Any) -> 
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the campaign API."""
-    file_errors = ("BadRequest", "UnsupportedType", "Invalid")
+    file_errors = ("BadRequest", "TooLarge", "UnsupportedType", "Invalid")
     return {
         "openapi": "3.1.0",
         "info": {
@@ -278,6 +280,7 @@ def openapi_document() -> dict[str, Any]:
                     "BadRequest",
                     "NotFound",
                     "Conflict",
+                    "TooLarge",
                     "UnsupportedType",
                     "Invalid",
                     parameters=[_NAME],

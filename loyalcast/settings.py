@@ -396,6 +396,14 @@ class Settings:
             "those endpoints answer 503.",
         ),
     )
+    api_max_body_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata=_meta(
+            "LOYALCAST_API_MAX_BODY_BYTES",
+            _positive_int,
+            "Largest request body `loyalcast api` accepts (webhooks included); larger: 413.",
+        ),
+    )
     secret_key: str | None = field(
         default=None,
         repr=False,
