@@ -10,19 +10,25 @@ never touches the store; recording the outcome is the worker's job.
 only ``send`` unless the provider has a batch API. With ``concurrency`` above
 1, those calls run on a thread pool of that size, one per channel object and
 so per worker process: the requests of every job the process runs share it,
-which bounds what one process keeps in flight to the provider.
+which bounds what one process keeps in flight to the provider. Each call
+runs in a copy of the calling job's context variables (:meth:`BatchChannel.in_pool`),
+so what a pool thread logs carries the job's log context.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from .errors import DeliveryError
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 __all__ = [
     "CHANNEL_NAMES",
@@ -117,15 +123,25 @@ class BatchChannel:
 
     def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         """Send each message (``concurrency`` at a time); outcomes in the messages' order."""
-        if self.concurrency > 1 and len(messages) > 1:
-            return list(self._executor().map(self._attempt, messages))
-        return [self._attempt(message) for message in messages]
+        return self.in_pool(self._attempt, messages)
 
     def _attempt(self, message: Message) -> Outcome:
         try:
             return self.send(message)
         except DeliveryError as exc:
             return exc
+
+    def in_pool(self, call: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+        """``call`` on each item, ``concurrency`` at a time; results in the items' order.
+
+        Each call runs in a copy of the caller's context variables (structlog's
+        bound log context among them), as it would have in the caller's thread.
+        One item, or ``concurrency`` 1, runs here.
+        """
+        if self.concurrency <= 1 or len(items) <= 1:
+            return [call(item) for item in items]
+        context = contextvars.copy_context()
+        return list(self._executor().map(lambda item: context.copy().run(call, item), items))
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:

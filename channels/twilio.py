@@ -261,9 +261,7 @@ class TwilioSmsChannel(BatchChannel):
                     halted.append(exc)
                 return exc
 
-        if self.concurrency > 1 and len(group) > 1:
-            return list(self._executor().map(attempt, group))
-        return [attempt(params) for params in group]
+        return self.in_pool(attempt, group)
 
     def _params(self, message: Message) -> dict[str, str]:
         """The SDK's ``messages.create`` arguments for ``message``, or why it cannot be sent."""

@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
+import structlog
 
 from channels import Message, Receipt
 from channels.base import BatchChannel
@@ -69,6 +70,40 @@ def test_without_concurrency_sends_go_one_after_the_other_on_the_callers_thread(
     assert all(isinstance(o, Receipt) for o in outcomes)
     assert channel.threads == {threading.current_thread().name}
     assert channel._pool is None
+
+
+class Recorder(BatchChannel):
+    """Remembers the log context each send saw, and binds one of its own."""
+
+    name = "sms"
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.seen: dict[int, dict[str, object]] = {}
+
+    def send(self, message: Message) -> Receipt:
+        self.seen[message.delivery_id] = dict(structlog.contextvars.get_contextvars())
+        structlog.contextvars.bind_contextvars(leaked=message.delivery_id)
+        return Receipt(provider_message_id=f"id-{message.delivery_id}", accepted_at=NOW)
+
+
+def test_pool_threads_log_with_the_calling_jobs_context() -> None:
+    """A pool thread's log lines carry the job's bound context, and bind nothing back."""
+    channel = Recorder(concurrency=4)
+    structlog.contextvars.bind_contextvars(actor="deliver", message_id="m-1")
+    try:
+        channel.send_batch([sms(i, f"+1555000{i:04}") for i in range(12)])
+        structlog.contextvars.bind_contextvars(message_id="m-2")
+        channel.send_batch([sms(i, f"+1555000{i:04}") for i in range(12, 20)])
+        after = structlog.contextvars.get_contextvars()
+    finally:
+        structlog.contextvars.clear_contextvars()
+        channel.close()
+    assert [channel.seen[i] for i in range(12)] == [{"actor": "deliver", "message_id": "m-1"}] * 12
+    assert [channel.seen[i] for i in range(12, 20)] == [
+        {"actor": "deliver", "message_id": "m-2"}
+    ] * 8
+    assert after == {"actor": "deliver", "message_id": "m-2"}
 
 
 def test_twilio_refuses_a_concurrency_below_one() -> None:
