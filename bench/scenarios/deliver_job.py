@@ -20,9 +20,12 @@ For each campaign kind of ``--channels`` and each of ``--repeat`` passes:
    sent; then the run's rows are deleted and the table vacuumed, so that
    every pass starts from the same table.
 
-Per row: the wall time, the CPU time of this thread (the job itself), of
-this process (adding the Twilio send pool's threads) and, when PostgreSQL
-runs on this machine, of the database server. The pass with the median
+The garbage collector is set up first as a worker process sets it up at
+boot (:func:`workers.middleware.freeze_boot_objects`: what is alive then
+frozen, young objects collected less often). Per row: the wall time,
+the CPU time of this thread (the job itself), of this process (adding the
+Twilio send pool's threads) and, when PostgreSQL runs on this machine, of
+the database server. The pass with the median
 deliver thread CPU is reported (the first pass pays for connections and
 template compiling).
 """
@@ -42,6 +45,7 @@ from store import Delivery
 from workers.catalog import create_campaign
 from workers.delivery import deliver_batch
 from workers.jobs import QUEUES
+from workers.middleware import freeze_boot_objects
 from workers.planning import plan_run
 from workers.runtime import Runtime, program_for
 
@@ -120,6 +124,8 @@ def run(
             twilio_url=fakes.twilio_url, sendgrid_url=fakes.sendgrid_url
         )
         runtime = Runtime(settings, broker=None, program=program_for(settings))
+        # As a worker process does before its threads start (workers.main's FrozenBoot).
+        freeze_boot_objects()
         try:
             for kind in kinds:
                 passes[kind] = []
@@ -206,7 +212,8 @@ def _result(env: BenchEnv, passes: dict[str, list[Pass]], members: int) -> Scena
         f"{o.repeat} passes a kind, each on fresh rows (the last pass's deleted, the table"
         " vacuumed); the pass with the median deliver thread CPU a row is shown",
         f"deliver jobs of {o.batch_size} rows, one after another in one thread, as a worker"
-        " thread runs them; process CPU adds the Twilio send pool's threads",
+        " thread runs them; process CPU adds the Twilio send pool's threads; the garbage"
+        " collector set up as a worker process's at boot (workers.middleware)",
         "the fakes run in a process of their own (not counted); they validate 1 request in"
         f" {o.validate_every} against the providers' OpenAPI specs",
         "database CPU is the whole local PostgreSQL server's meanwhile",
