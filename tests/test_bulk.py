@@ -137,20 +137,20 @@ def test_bad_rows_are_refused_before_anything_is_written(engine: Engine) -> None
         assert session.scalar(select(Member.id)) is None
 
 
+def _stored_rows(engine: Engine, tmp_path: Path, n: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """``n`` delivery rows, inserted: the rows and their ids in order."""
+    rows = _delivery_rows(engine, tmp_path, n)
+    with make_sessionmaker(engine).begin() as session:
+        inserted = insert_ignore_many(session, deliveries, rows, ["dedupe_key"], [deliveries.c.id])
+    return rows, sorted(i for (i,) in inserted)
+
+
 def test_update_many_sets_each_rows_own_values_where_the_guard_holds(
     engine: Engine, tmp_path: Path
 ) -> None:
     """Own values per row, shared values on all, a guard that spares a row; both dialects."""
-    rows = _delivery_rows(engine, tmp_path, 6)
+    rows, ids = _stored_rows(engine, tmp_path, 6)
     sessions = make_sessionmaker(engine)
-    with sessions.begin() as session:
-        ids = [
-            i
-            for (i,) in insert_ignore_many(
-                session, deliveries, rows, ["dedupe_key"], [deliveries.c.id]
-            )
-        ]
-    ids.sort()
     later = NOW + timedelta(minutes=5)
     given = [
         {"id": ids[0], "provider_message_id": "SG-0", "detail": None},
@@ -184,15 +184,9 @@ def test_update_many_sets_each_rows_own_values_where_the_guard_holds(
 def test_update_many_with_identical_rows_a_single_row_and_none(
     engine: Engine, tmp_path: Path
 ) -> None:
-    rows = _delivery_rows(engine, tmp_path, 3)
+    _, ids = _stored_rows(engine, tmp_path, 3)
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
-        ids = [
-            i
-            for (i,) in insert_ignore_many(
-                session, deliveries, rows, ["dedupe_key"], [deliveries.c.id]
-            )
-        ]
         update_many(
             session, deliveries, [{"id": ids[0], "reason": "r"}, {"id": ids[1], "reason": "r"}]
         )
@@ -204,12 +198,8 @@ def test_update_many_with_identical_rows_a_single_row_and_none(
 
 
 def test_update_many_refuses_bad_rows_before_writing(engine: Engine, tmp_path: Path) -> None:
-    rows = _delivery_rows(engine, tmp_path, 2)
+    _, [first, _] = _stored_rows(engine, tmp_path, 2)
     sessions = make_sessionmaker(engine)
-    with sessions.begin() as session:
-        [(first,), _] = insert_ignore_many(
-            session, deliveries, rows, ["dedupe_key"], [deliveries.c.id]
-        )
     with sessions.begin() as session:
         with pytest.raises(ValueError, match=r"row 2 of 2 has columns"):
             update_many(session, deliveries, [{"id": first, "reason": "x"}, {"id": first}])

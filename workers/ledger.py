@@ -80,7 +80,7 @@ def deferred_entry(delivery_id: int, until: datetime, reason: str, detail: str) 
 
 
 def write_deferred(session: Session, entries: list[dict[str, Any]]) -> None:
-    """Defer open rows to ``b_until`` with their reason; the sweeper picks them up when due."""
+    """Defer open rows to their ``not_before``, with reasons; the sweeper picks them up when due."""
     if not entries:
         return
     update_many(
