@@ -32,6 +32,7 @@ template compiling).
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,7 +125,9 @@ def run(
             twilio_url=fakes.twilio_url, sendgrid_url=fakes.sendgrid_url
         )
         runtime = Runtime(settings, broker=None, program=program_for(settings))
-        # As a worker process does before its threads start (workers.main's FrozenBoot).
+        # As a worker process does before its threads start (workers.main's FrozenBoot);
+        # undone after, so the scenarios that follow in this process run as before.
+        thresholds = gc.get_threshold()
         freeze_boot_objects()
         try:
             for kind in kinds:
@@ -139,6 +142,8 @@ def run(
                     passes[kind].append(done)
         finally:
             runtime.close()
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
     return _result(env, passes, len(first))
 
 
