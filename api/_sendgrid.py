@@ -17,7 +17,9 @@ sets; ``sg_message_id`` is not used, since one SendGrid message id covers a
 whole batch of recipients):
 
 - ``delivered`` -> delivered; ``bounce`` -> bounced (reason ``bounce:<type>``);
-  ``dropped`` -> failed (reason ``dropped:<reason>``); forward only.
+  ``dropped`` -> failed (reason ``dropped:<reason>``); forward only, and
+  also for a row still ``sending`` (an event can beat the worker's record of
+  the batch; the record then keeps it).
 - ``spamreport``, ``unsubscribe``, ``group_unsubscribe`` -> the email consent
   of the delivery's member, and of every member with that address, becomes
   ``opted_out`` (source ``sendgrid-<event>``).

@@ -11,8 +11,13 @@ the routes answer 503 naming the missing setting.
 Status callbacks (``MessageStatus``): ``delivered`` -> delivered;
 ``undelivered``/``failed`` -> failed with reason ``provider:<ErrorCode>``;
 anything else (``queued``, ``sending``, ``sent``, ...) is ignored, the ledger
-already says ``sent``. Error 21610 (the handset sent STOP) also opts the
-delivery's member, and every member with that phone, out of SMS.
+already says ``sent``. The SMS channel gives each message its own callback
+URL, ``.../webhooks/twilio/status?delivery=<id>`` (the query is covered by
+the signature), so a report finds its delivery even before the worker has
+recorded the Message SID, and a delivery left ``unknown`` by a lost answer;
+a callback without it (a message sent before this) is matched by SID.
+Error 21610 (the handset sent STOP) also opts the delivery's member, and
+every member with that phone, out of SMS.
 
 Inbound keywords (the body, trimmed and case-folded, must be exactly one):
 STOP and its synonyms opt every member with the sender's phone out of SMS;
@@ -88,11 +93,23 @@ async def status(request: Request) -> Response:
     form = await _verified_form(request, ctx)
     if isinstance(form, Response):
         return form
-    await run_in_threadpool(_apply_status, ctx, form)
+    delivery_id = _delivery_id(request.query_params.get("delivery"))
+    await run_in_threadpool(_apply_status, ctx, form, delivery_id)
     return Response(status_code=204)
 
 
-def _apply_status(ctx: Context, form: Mapping[str, str]) -> None:
+def _delivery_id(value: str | None) -> int | None:
+    """The delivery named by the signed callback URL's ``delivery`` parameter, if any."""
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit():
+        # Signed, so it is a URL we gave Twilio: say so, and match by SID.
+        log.warning("twilio status callback with a malformed delivery id", delivery=value[:32])
+        return None
+    return int(value)
+
+
+def _apply_status(ctx: Context, form: Mapping[str, str], delivery_id: int | None) -> None:
     sid = form.get("MessageSid") or form.get("SmsSid")
     reported = form.get("MessageStatus") or form.get("SmsStatus") or ""
     code = form.get("ErrorCode") or None
@@ -103,20 +120,24 @@ def _apply_status(ctx: Context, form: Mapping[str, str]) -> None:
         if new is not None:
             moved = apply_provider_status(
                 session,
+                delivery_id=delivery_id,
                 provider_message_id=sid,
                 status=new,
                 reason=None if new is DeliveryStatus.DELIVERED else f"provider:{code or reported}",
                 detail=f"Twilio reported {reported}" + (f" (error {code})" if code else ""),
             )
-            log.info("twilio status", status=reported, error_code=code, moved=moved)
+            log.info(
+                "twilio status", status=reported, error_code=code, delivery=delivery_id, moved=moved
+            )
         if code == OPTED_OUT_CODE:
             to = form.get("To", "")
             member_ids = {m.id for m in find_members_by_phone(session, to)} if to else set()
-            member_ids.update(
-                session.scalars(
-                    select(Delivery.member_id).where(Delivery.provider_message_id == sid)
-                )
+            sent_as = (
+                Delivery.provider_message_id == sid
+                if delivery_id is None
+                else Delivery.id == delivery_id
             )
+            member_ids.update(session.scalars(select(Delivery.member_id).where(sent_as)))
             for member_id in sorted(member_ids):
                 set_consent(
                     session,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
+from twilio.request_validator import RequestValidator
 
 from store import Consent, ConsentEvent, Delivery
 
 from .support import add_member
-from .test_api import seed, start_api
+from .test_api import PUBLIC_URL, TWILIO_TOKEN, seed, start_api
+from .test_feedback import add_delivery
 
 STATUS = "/webhooks/twilio/status"
 INBOUND = "/webhooks/twilio/inbound"
@@ -119,6 +121,60 @@ def test_error_21610_also_opts_the_member_out_of_sms(app):
     assert delivery(app, delivery_id).reason == "provider:21610"
     assert consent == ("opted_out", "twilio-21610")
     assert [e[:2] for e in events] == [("opted_out", "twilio-21610")]
+
+
+def sending(app, **member) -> tuple[int, int]:
+    """A member and an SMS delivery still ``sending`` (no SID recorded yet)."""
+    with app.sessions.begin() as s:
+        member_id = add_member(s, **member).id
+        return member_id, add_delivery(s, member_id, "sending").id
+
+
+def test_a_callback_naming_its_delivery_moves_a_row_still_sending(app):
+    """``?delivery=<id>`` finds a row whose SID the worker has not recorded yet."""
+    # Given a member opted in to SMS whose delivery is still being sent
+    member_id, delivery_id = sending(app, phone=PHONE, consents={"sms": "opted_in"})
+    # When Twilio reports it failed with 21610 at the URL naming the delivery
+    response = app.twilio(
+        f"{STATUS}?delivery={delivery_id}", callback("SM7", "failed", ErrorCode="21610")
+    )
+    # Then the delivery failed and the member is opted out of SMS
+    row = delivery(app, delivery_id)
+    assert (response.status_code, row.status, row.reason) == (204, "failed", "provider:21610")
+    assert sms_consent(app, member_id)[0] == ("opted_out", "twilio-21610")
+
+
+def test_without_the_delivery_a_row_still_sending_is_not_found(app):
+    """Matched by SID alone (a message sent before the URL named deliveries), nothing moves."""
+    _, delivery_id = sending(app)
+    before = app.snapshot()
+    assert app.twilio(STATUS, callback("SM7", "failed", ErrorCode="30007")).status_code == 204
+    assert before == app.snapshot()
+    assert delivery(app, delivery_id).status == "sending"
+
+
+def test_the_delivery_in_the_url_is_covered_by_the_signature(app):
+    """A callback signed for one delivery, replayed at another's URL, is refused."""
+    # Given two deliveries still sending, and a callback Twilio signed for the first
+    _, first = sending(app)
+    _, second = sending(app)
+    form = callback("SM7", "failed", ErrorCode="30007")
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(
+        f"{PUBLIC_URL}{STATUS}?delivery={first}", form
+    )
+    before = app.snapshot()
+    # When it is posted at the second one's URL
+    response = app.twilio(f"{STATUS}?delivery={second}", form, signature=signature)
+    # Then it is forbidden and nothing changed
+    assert response.status_code == 403
+    assert before == app.snapshot()
+
+
+def test_a_malformed_delivery_in_the_url_falls_back_to_the_sid(app):
+    """A signed URL whose ``delivery`` is not a number is matched by MessageSid."""
+    _, delivery_id = seed(app)
+    response = app.twilio(f"{STATUS}?delivery=x1", callback("SM1", "delivered"))
+    assert (response.status_code, delivery(app, delivery_id).status) == (204, "delivered")
 
 
 def test_a_callback_for_an_unknown_message_changes_nothing(app):

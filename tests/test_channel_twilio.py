@@ -109,6 +109,27 @@ def sms(text: str = "You have 120 points expiring on 3 Dec.", **fields: Any) -> 
 # --- success ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("configured", "expected"),
+    [
+        (CALLBACK, CALLBACK + "?delivery=42"),
+        (CALLBACK + "?tenant=a%20b", CALLBACK + "?tenant=a%20b&delivery=42"),
+    ],
+)
+def test_each_message_names_its_delivery_in_the_status_callback_url(
+    fake: FakeTwilio, make_channel: Callable[..., TwilioSmsChannel], configured, expected
+) -> None:
+    """The callback URL adds the delivery's id to the configured query, which is kept as written."""
+    # Given a status callback URL, with or without a query of its own
+    channel = make_channel(status_callback=configured)
+    # When a batch of two is sent
+    outcomes = channel.send_batch([sms(delivery_id=42), sms(delivery_id=43)])
+    # Then Twilio was given, for each message, that URL naming its delivery
+    assert all(isinstance(o, Receipt) for o in outcomes)
+    assert sorted(fake.status_callbacks.values()) == [expected, expected[:-2] + "43"]
+    assert fake.invalid == []
+
+
 def test_send_returns_a_receipt_with_the_message_sid(
     fake: FakeTwilio, make_channel: Callable[..., TwilioSmsChannel], limiter: RecordingLimiter
 ) -> None:
@@ -133,7 +154,7 @@ def test_send_returns_a_receipt_with_the_message_sid(
     assert form["To"] == [MEMBER_PHONE]
     assert form["From"] == [SENDER]
     assert [sms().parts["text"]] == form["Body"]
-    assert form["StatusCallback"] == [CALLBACK]
+    assert form["StatusCallback"] == [CALLBACK + "?delivery=1"]
     assert "MessagingServiceSid" not in form
     # And the limiter was asked once, and never blocked
     assert (limiter.waits, limiter.blocks) == (1, [])

@@ -158,14 +158,16 @@ FORWARD_ONLY = [
     (S.DELIVERED, S.BOUNCED, False),
     (S.BOUNCED, S.DELIVERED, False),
     (S.SENT, S.SENT, False),
-    (S.SENDING, S.DELIVERED, False),
+    (S.SENDING, S.DELIVERED, True),  # reported before the worker recorded it
+    (S.SENDING, S.FAILED, True),
     (S.PENDING, S.DELIVERED, False),
+    (S.DEFERRED, S.FAILED, False),
     (S.SUPPRESSED, S.DELIVERED, False),
 ]
 
 
 def test_provider_status_moves_deliveries_forward_only(sessions):
-    """delivered/failed/bounced replace sent or unknown; nothing goes backwards."""
+    """delivered/failed/bounced replace sending, sent or unknown; nothing goes backwards."""
     # Given one delivery per case, in the case's starting status
     with sessions.begin() as s:
         member_id = add_member(s).id
@@ -199,6 +201,33 @@ def test_provider_status_matches_by_provider_message_id(sessions):
         row = s.get(Delivery, d.id)
     assert (hit, miss) == (True, False)
     assert (row.status, len(row.reason)) == (S.FAILED, 64)
+
+
+def test_a_row_still_sending_is_found_by_delivery_id_not_by_a_provider_id(sessions):
+    """Before the worker records the provider's id, only our own id can find the row.
+
+    With both ids, a row whose provider id is recorded must carry that one
+    (a report on an earlier attempt's message leaves a resent row alone).
+    """
+    # Given a row still sending (no provider id yet), and one sent as SM2
+    with sessions.begin() as s:
+        member_id = add_member(s).id
+        sending = add_delivery(s, member_id, S.SENDING).id
+        other = add_delivery(s, member_id, S.SENT, provider_message_id="SM2").id
+    # When reports arrive by provider id alone, then by both ids
+    with sessions.begin() as s:
+        by_sid = apply_provider_status(s, provider_message_id="SM1", status=S.FAILED)
+        by_both = apply_provider_status(
+            s, delivery_id=sending, provider_message_id="SM1", status=S.FAILED, reason="p:1"
+        )
+        wrong_sid = apply_provider_status(
+            s, delivery_id=other, provider_message_id="SM1", status=S.FAILED
+        )
+    # Then only the report naming the sending row by id moved it
+    with sessions() as s:
+        rows = [(s.get(Delivery, i).status, s.get(Delivery, i).reason) for i in (sending, other)]
+    assert (by_sid, by_both, wrong_sid) == (False, True, False)
+    assert rows == [(S.FAILED, "p:1"), (S.SENT, None)]
 
 
 def test_provider_status_needs_an_id_and_a_provider_status():

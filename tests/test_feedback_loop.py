@@ -175,3 +175,37 @@ def test_twilio_21610_fails_the_sms_and_records_the_opt_out(world, twilio):
     assert (second.status, second.reason) == ("suppressed", "consent")
     assert "via provider:21610" in second.detail
     assert twilio.messages == []
+
+
+def test_a_failure_reported_before_the_worker_records_the_sid_stands(world, twilio):
+    """Twilio's callback can reach the API before the answer to the request reaches the worker.
+
+    The report finds the delivery by the id in its callback URL while the row is
+    still ``sending``; the worker's record then adds the SID and keeps the failure.
+    """
+    # Given Twilio posting "undelivered" (30007) for each message before answering its request
+    statuses_seen: list[str | int] = []
+
+    def report_first(resource: dict[str, Any], url: str | None) -> None:
+        assert url is not None
+        with world["sessions"]() as s:
+            delivery_id = int(url.rsplit("delivery=", 1)[1])
+            statuses_seen.append(s.get(Delivery, delivery_id).status)
+        form = twilio.status_callback_form(resource["sid"], "undelivered", {"ErrorCode": "30007"})
+        signature = RequestValidator(DEFAULT_AUTH_TOKEN).compute_signature(url, form)
+        reply = world["client"].post(url, data=form, headers={"X-Twilio-Signature": signature})
+        statuses_seen.append(reply.status_code)
+
+    twilio.on_accept(report_first)
+    # When an SMS campaign goes out
+    row = _broadcast(world, "sms-one", "[sms]")
+    # Then the callback came while the row was sending, and was applied
+    assert statuses_seen == ["sending", 204]
+    [message] = twilio.messages
+    assert twilio.status_callbacks[message["sid"]] == (
+        f"{PUBLIC}/webhooks/twilio/status?delivery={row.id}"
+    )
+    # And the delivery says failed, with Twilio's code, the SID and when it was sent
+    assert (row.status, row.reason) == ("failed", "provider:30007")
+    assert (row.provider_message_id, row.lease_until) == (message["sid"], None)
+    assert row.sent_at is not None

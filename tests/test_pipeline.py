@@ -26,6 +26,7 @@ from store import (
     utcnow,
 )
 from workers.delivery import deliver_batch
+from workers.feedback import apply_provider_status
 from workers.planning import plan_run
 from workers.sweeping import sweep
 
@@ -402,6 +403,50 @@ def test_an_ambiguous_timeout_is_not_retried_unless_the_campaign_says_resend(
     # Then it is unknown (not sent twice), or deferred for a retry when resending is chosen
     row = _rows(sessions)[0]
     assert (row.status, row.reason) == expected
+
+
+@pytest.mark.parametrize(
+    ("reported", "answer", "expected"),
+    [
+        # accepted, and reported failed before the worker recorded the answer
+        ("failed", None, ("failed", "provider:30007", True)),
+        # reported delivered, while the answer to the request was lost
+        ("delivered", "timeout", ("delivered", None, False)),
+    ],
+)
+def test_a_status_reported_while_sending_is_kept_by_the_record(
+    database_url, tmp_path, reported, answer, expected
+):
+    """A provider's report that beats the worker's record stands; the record adds the id."""
+    sessions, _ids, run_id = _planned(database_url, tmp_path, members=1)
+    seen: list[str] = []
+
+    def provider(message):
+        # Given the provider's callback arriving while the worker waits for its answer
+        with sessions.begin() as s:
+            seen.append(s.get(Delivery, message.delivery_id).status)
+            apply_provider_status(
+                s,
+                delivery_id=message.delivery_id,
+                status=DeliveryStatus(reported),
+                reason="provider:30007" if reported == "failed" else None,
+                detail=f"reported {reported}",
+            )
+        if answer == "timeout":
+            return TransientDeliveryError("no answer in 10 s", ambiguous=True)
+        return None
+
+    rt = runtime_for(database_url, tmp_path, channels=scripted_channels(provider))
+    plan_run(rt, run_id)
+    # When the deliver job records the provider's answer
+    deliver_batch(rt, [r.id for r in _rows(sessions)])
+    # Then the reported status, reason and detail stand, with the provider's id when it answered
+    [row] = _rows(sessions)
+    assert seen == ["sending"]
+    assert (row.status, row.reason, row.provider_message_id is not None) == expected
+    assert row.detail == f"reported {reported}"
+    assert row.lease_until is None
+    assert (row.sent_at is not None) == (answer is None)
 
 
 def test_one_direct_mail_piece_per_household_across_batches(database_url, tmp_path):

@@ -16,8 +16,14 @@ Rules kept here:
   delivery forward only (DESIGN.md §3), and only a delivery that reached the
   provider (``sent``, or ``unknown`` after an ambiguous send): ``delivered``,
   ``failed`` and ``bounced`` replace ``sent``/``unknown``; a late ``sent``
-  may replace ``unknown``; nothing replaces ``delivered``. A row still
-  ``sending`` is left to the worker holding its lease.
+  may replace ``unknown``; nothing replaces ``delivered``. A report that
+  names the delivery by our own id (SendGrid's ``delivery_id`` argument,
+  Twilio's ``?delivery=`` in the status callback URL) may also move a row
+  still ``sending``: the provider can report on a message before the worker
+  that sent it has recorded the provider's answer (a Twilio chunk's SIDs are
+  written once all its requests are answered). The worker's record then
+  keeps the reported status and adds the provider's id
+  (:func:`workers.outcomes.record_outcomes`).
 - **Dedupe** (:func:`record_event_once`): a provider event id is recorded in
   ``provider_events`` with INSERT ... ON CONFLICT DO NOTHING; only the first
   request carrying it gets ``True``.
@@ -29,7 +35,7 @@ import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from store import (
@@ -182,9 +188,13 @@ def apply_provider_status(
 
     Args:
         session: the caller's session.
-        delivery_id: the delivery, when the provider echoes our id (SendGrid).
+        delivery_id: the delivery, when the provider echoes our id (SendGrid's
+            custom argument, Twilio's status callback URL). A row still
+            ``sending`` can then move too.
         provider_message_id: the provider's id for it (Twilio's MessageSid).
-            With both, both must match.
+            With both, a row whose provider id is recorded must have this one;
+            one not recorded yet (``sending``, or ``unknown`` after a lost
+            answer) matches by ``delivery_id`` alone.
         status: ``delivered``, ``failed``, ``bounced`` or ``sent``.
         reason: machine-readable, e.g. ``provider:30003``; cut to the column's
             length. ``None`` clears an earlier reason (``lease_expired``).
@@ -202,18 +212,32 @@ def apply_provider_status(
     status = DeliveryStatus(status)
     if status not in FEEDBACK_STATUSES:
         raise ValueError(f"a provider cannot report {status!r}")
+    movable = set(FEEDBACK_STATUSES[status])
     match = []
-    if delivery_id is not None:
-        match.append(Delivery.id == delivery_id)
-    if provider_message_id is not None:
+    if delivery_id is None:
         match.append(Delivery.provider_message_id == provider_message_id)
+    else:
+        # Named by our id, the row may still be ``sending``, its provider id
+        # not yet recorded; a stored provider id must still agree.
+        match.append(Delivery.id == delivery_id)
+        movable.add(DeliveryStatus.SENDING)
+        if provider_message_id is not None:
+            match.append(
+                or_(
+                    Delivery.provider_message_id == provider_message_id,
+                    Delivery.provider_message_id.is_(None),
+                )
+            )
     result = session.execute(
         update(Delivery)
-        .where(*match, Delivery.status.in_(sorted(FEEDBACK_STATUSES[status])))
+        .where(*match, Delivery.status.in_(sorted(movable)))
         .values(
             status=status,
             reason=reason[:_REASON_LENGTH] if reason else None,
             detail=detail,
+            # A row reported on while sending is no longer the sweeper's to expire;
+            # its owner token stays, for the worker's record.
+            lease_until=None,
             updated_at=utcnow(),
         )
         .execution_options(synchronize_session=False)

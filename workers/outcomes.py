@@ -16,7 +16,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import case, null, update
 from sqlalchemy.orm import Session
 
 from channels import (
@@ -34,7 +34,7 @@ from store import ConsentStatus, DeliveryStatus, PushToken, utcnow
 from store.bulk import update_many
 
 from .capping import release_failed
-from .feedback import set_consent
+from .feedback import FEEDBACK_STATUSES, set_consent
 from .jobs import enqueue_deliver
 from .ledger import DeliverResult, closed_entry, deliveries, status_is
 from .runtime import Runtime
@@ -44,6 +44,12 @@ __all__ = ["MAX_BROKER_DELAY", "apply_consequences", "record_outcomes", "retry_d
 #: Retries due sooner than this are re-enqueued as delayed jobs; later ones
 #: wait in the store for the sweeper (the broker never holds work for hours).
 MAX_BROKER_DELAY = timedelta(minutes=10)
+
+
+#: Where a claimed row the provider accepted may be when its record is written:
+#: still ``sending``, ``unknown`` (its lease ran out meanwhile), or moved on by
+#: the provider's own report.
+_ACCEPTED_FROM = (DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN, *FEEDBACK_STATUSES)
 
 
 def retry_delay(attempts: int, retry_after: float | None) -> timedelta:
@@ -67,7 +73,11 @@ def record_outcomes(
 
     A transient error retries until ``max_attempts``, except an ambiguous one
     (the provider may have the message): that row ends ``unknown`` unless the
-    campaign said ``on_ambiguous: resend``.
+    campaign said ``on_ambiguous: resend``. A row the provider has already
+    reported on (``delivered``, ``failed``, ...; see
+    :func:`workers.feedback.apply_provider_status`) keeps that status: an
+    accepted message adds its provider id and ``sent_at``, an error changes
+    nothing.
     """
     now = utcnow()
     sent: list[dict[str, Any]] = []
@@ -113,19 +123,22 @@ def record_outcomes(
             closed.append(closed_entry(did, DeliveryStatus.FAILED, reason, str(outcome)))
             never_sent.append(message)
     claim = [deliveries.c.lease_owner == owner]
+    # A provider may report on a message before this record (workers.feedback):
+    # its status, reason and detail are kept, the provider's id is added.
+    unreported = status_is(DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
     with rt.sessions.begin() as session:
         update_many(
             session,
             deliveries,
             sent,
-            where=[*claim, status_is(DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)],
+            where=[*claim, status_is(*_ACCEPTED_FROM)],
             values={
-                "status": DeliveryStatus.SENT,
+                "status": case((unreported, DeliveryStatus.SENT), else_=deliveries.c.status),
                 # loyalcast's clock (store.utcnow), the one caps and the ledger
                 # are read by, not the channel's receipt time.
                 "sent_at": now,
-                "reason": None,
-                "detail": None,
+                "reason": case((unreported, null()), else_=deliveries.c.reason),
+                "detail": case((unreported, null()), else_=deliveries.c.detail),
                 "lease_until": None,
                 "updated_at": now,
             },

@@ -12,6 +12,7 @@ Scripting, for the next request(s) to the Messages route::
     fake.fail_next(21610)                # Twilio's error JSON, HTTP 400
     fake.rate_limit_next(retry_after=3)  # HTTP 429, code 20429, Retry-After: 3
     fake.slow_next(2.0)                  # accepted, but answered 2 s late
+    fake.on_accept(hook)                 # hook(resource, status_callback) before each answer
 
 Webhooks, signed with ``X-Twilio-Signature`` as Twilio signs them::
 
@@ -26,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import cache
@@ -85,6 +86,10 @@ def twilio_spec() -> OpenAPI:
     return load_spec("twilio")
 
 
+#: What :meth:`FakeTwilio.on_accept` calls: the Message resource, its ``StatusCallback``.
+AcceptHook = Callable[[dict[str, Any], str | None], None]
+
+
 def twilio_error(code: int, status: int = 400, message: str | None = None) -> dict[str, Any]:
     """Twilio's error body: ``{"code", "message", "more_info", "status"}``."""
     return {
@@ -108,6 +113,7 @@ class FakeTwilio(FakeProvider):
 
     Attributes:
         messages: The Message resources accepted, in order (the JSON returned).
+        status_callbacks: Each accepted message's ``StatusCallback`` URL, by SID.
     """
 
     name = "twilio"
@@ -125,7 +131,9 @@ class FakeTwilio(FakeProvider):
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.messages: list[dict[str, Any]] = []
+        self.status_callbacks: dict[str, str] = {}
         self._delays: deque[float] = deque()
+        self._accept_hook: AcceptHook | None = None
         self._messages_lock = threading.Lock()
         self.route("POST", self.MESSAGES, self._create_message)
 
@@ -135,7 +143,9 @@ class FakeTwilio(FakeProvider):
             self._scripts.clear()
         with self._messages_lock:
             self.messages.clear()
+            self.status_callbacks.clear()
             self._delays.clear()
+            self._accept_hook = None
         self.requests.clear()
 
     # --- scripting ----------------------------------------------------------
@@ -173,6 +183,16 @@ class FakeTwilio(FakeProvider):
         """
         self._delays.append(seconds)
 
+    def on_accept(self, hook: AcceptHook | None) -> None:
+        """Call ``hook(resource, status_callback_url)`` for each accepted message, before answering.
+
+        Twilio posts status callbacks on its own schedule, so one can reach
+        the app before the answer to the request that created the message: a
+        test makes that happen by posting the callback from ``hook``. ``None``
+        removes the hook; :meth:`reset` does too.
+        """
+        self._accept_hook = hook
+
     # --- the API ------------------------------------------------------------
 
     def _dispatch(self, request: Request, error: str | None) -> Response:
@@ -209,9 +229,15 @@ class FakeTwilio(FakeProvider):
         if len(body) > _MAX_BODY:
             return json_response(twilio_error(21617), 400)
         resource = self._resource(to=to, sender=sender, service=service, body=body)
+        callback = form.get("StatusCallback") or None
         with self._messages_lock:
             self.messages.append(resource)
+            if callback:
+                self.status_callbacks[resource["sid"]] = callback
             delay = self._delays.popleft() if self._delays else 0.0
+            hook = self._accept_hook
+        if hook is not None:
+            hook(resource, callback)
         if delay:
             time.sleep(delay)
         return json_response(resource, 201)
@@ -270,6 +296,16 @@ class FakeTwilio(FakeProvider):
         Returns:
             The app's response.
         """
+        return _post_signed(url, self.status_callback_form(message_sid, status, extra), auth_token)
+
+    def status_callback_form(
+        self, message_sid: str, status: str, extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The fields of a status callback for ``message_sid``, as Twilio posts them.
+
+        ``To``, ``From`` and ``MessagingServiceSid`` come from :attr:`messages`
+        when the fake sent the message; ``extra`` adds or overrides fields.
+        """
         params: dict[str, str] = {
             "AccountSid": self.account_sid,
             "ApiVersion": API_VERSION,
@@ -286,7 +322,7 @@ class FakeTwilio(FakeProvider):
             if sent["messaging_service_sid"]:
                 params["MessagingServiceSid"] = sent["messaging_service_sid"]
         params.update(extra or {})
-        return _post_signed(url, params, auth_token)
+        return params
 
     def send_inbound_sms(
         self,
