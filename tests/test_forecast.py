@@ -342,11 +342,10 @@ def test_the_cli_forecasts_as_a_table_or_json_and_refuses_a_bad_instant(
 
     from typer.testing import CliRunner
 
-    from loyalcast import cli
+    from loyalcast.cli import _common, app
 
     # In-process: keep the command from pointing this process's logging at the runner's streams.
-    monkeypatch.setattr(cli, "configure_logging", lambda _level: None)
-    app = cli.app
+    monkeypatch.setattr(_common, "configure_logging", lambda _level: None)
 
     env = {k: None for k in os.environ if k.startswith("LOYALCAST_")}
     env.update(
