@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 import threading
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,9 @@ import pytest
 from sqlalchemy import select, update
 
 from store import Delivery, Enrollment, Member, set_clock
+from workers.catalog import create_campaign
 from workers.delivery import deliver_batch
+from workers.retry import retry_failed
 from workers.sequences import (
     CampaignNotEnrollable,
     UnknownCampaign,
@@ -22,6 +25,7 @@ from workers.sequences import (
 from workers.sweeping import sweep
 
 from .support import (
+    OPEN_PROGRAM,
     add_member,
     create,
     run_in_threads,
@@ -415,3 +419,62 @@ def test_the_built_in_welcome_template_is_accepted_for_a_sequence(database_url, 
     )
     created = create(sessions_for(database_url), path)
     assert (created.name, created.run_id) == ("builtin", None)
+
+
+def test_a_step_rule_the_program_no_longer_allows_fails_its_rows_with_the_reason(
+    database_url, tmp_path, clock
+):
+    """A rule naming an attribute the policy file dropped fails those rows, not the batch.
+
+    Before, the deliver job raised on every attempt and the rows stayed open
+    with no reason. Now each row of that campaign fails with ``rule_error`` and
+    a detail naming the rule, the rest of the batch goes on, and once the
+    attribute is declared again ``retry`` sends them.
+    """
+    # Given a sequence whose step 2 is only for members with attributes.vip, created
+    # while the program declared it, and a second sequence without conditions
+    vip = dataclasses.replace(OPEN_PROGRAM, attributes={"vip": "boolean"})
+    sessions = sessions_for(database_url)
+    path = write_sequence(
+        tmp_path, step2=", only_if: {field: attributes.vip, op: '=', value: true}"
+    )
+    created = create_campaign(sessions, path, program=vip)
+    plain = create_campaign(sessions, write_sequence(tmp_path, name="plain"), program=vip)
+    jobs = Jobs()
+    channels = scripted_channels()
+    with sessions.begin() as s:
+        member = add_member(s, attributes={"vip": True}, consents={"email": "opted_in"}).id
+    rt = runtime_for(database_url, tmp_path, broker=jobs, channels=channels, program=vip)
+    enroll(sessions, [member], campaign=created.name, source="test", broker=jobs)
+    enroll(sessions, [member], campaign=plain.name, source="test", broker=jobs)
+    jobs.run(rt)
+    rt.close()
+    # When the workers restart on a policy file without that attribute, and step 2 falls due
+    stale = runtime_for(database_url, tmp_path, broker=jobs, channels=channels)
+    clock.now = T0 + timedelta(days=2)
+    sweep(stale)
+    [job] = jobs.messages  # one deliver job names both sequences' step 2
+    jobs.run(stale)
+    # Then that sequence's step 2 failed with the reason, naming the rule and the way back
+    with sessions() as s:
+        rows = {
+            (r.campaign_id, (r.payload or {}).get("step")): r
+            for r in s.scalars(select(Delivery).where(Delivery.member_id == member))
+        }
+    failed = rows[(created.campaign_id, 1)]
+    assert (failed.status, failed.reason) == ("failed", "rule_error")
+    assert failed.detail.startswith(f"campaign {created.name} v1: steps[1].only_if")
+    assert "vip" in failed.detail
+    assert f"loyalcast deliveries retry --campaign {created.name}" in failed.detail
+    # And the other sequence's step 2, in the same deliver job, went out
+    assert sorted(job.args[0]) == sorted([failed.id, rows[(plain.campaign_id, 1)].id])
+    assert rows[(plain.campaign_id, 1)].status == "sent"
+    # When the attribute is declared again and the failed rows are retried
+    fixed = runtime_for(database_url, tmp_path, broker=jobs, channels=channels, program=vip)
+    assert retry_failed(sessions, created.name, reason="rule_error", broker=jobs).reopened == 1
+    jobs.run(fixed)
+    # Then step 2 is sent to the VIP member
+    with sessions() as s:
+        assert s.get(Delivery, failed.id).status == "sent"
+    stale.close()
+    fixed.close()

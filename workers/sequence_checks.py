@@ -13,6 +13,13 @@ and rendering. For the batch's sequence rows:
 2. A step whose ``only_if`` rule the member does not match, or whose
    ``unless`` rule they do, is suppressed with reason ``step_condition``; the
    sequence goes on with its next step.
+3. A rule that no longer parses against the program (its policy file dropped
+   or retyped an attribute the rule names since the campaign was created)
+   fails that campaign version's rows in the batch, reason ``rule_error``,
+   the detail naming the campaign and the rule's problem; nothing is sent on
+   a rule that cannot be checked, and the rest of the batch goes on. Once the
+   program or the campaign is fixed, ``loyalcast deliveries retry --campaign
+   NAME --reason rule_error`` sends them again.
 
 Rules are evaluated in SQL, one query per rule for all the batch's members
 (values are bound parameters), with the same compiler as segments, so a step
@@ -26,13 +33,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from segments import compile_rule, parse_rule
+from segments import Rule, RuleError, compile_rule, parse_rule
 from store import (
     ConsentStatus,
     Delivery,
@@ -47,14 +56,24 @@ from .campaigns import CampaignSpec
 from .compose import Closed
 from .ledger import OPEN
 from .policy import ConsentState
-from .runtime import Runtime
+from .runtime import LoadedVersion, Runtime
 
-__all__ = ["EXIT_REASON", "STEP_REASON", "check_sequence_rows", "sequence_channels"]
+log = structlog.get_logger(__name__)
+
+__all__ = [
+    "EXIT_REASON",
+    "RULE_ERROR",
+    "STEP_REASON",
+    "check_sequence_rows",
+    "sequence_channels",
+]
 
 #: The reason on rows suppressed because their member left the sequence.
 EXIT_REASON = "sequence_exit"
 #: The reason on a step skipped by its ``only_if`` / ``unless``.
 STEP_REASON = "step_condition"
+#: The reason on rows failed because one of their campaign's rules no longer parses.
+RULE_ERROR = "rule_error"
 _EXIT_DETAIL = {
     "member_deleted": "left the sequence: member deleted",
     "opted_out": "left the sequence: opted out of every channel it uses",
@@ -101,12 +120,17 @@ def check_sequence_rows(
             by_version[row.campaign_version_id].append(row)
 
     for version_id, version_rows in by_version.items():
-        spec = rt.version(version_id).spec
+        version = rt.version(version_id)
+        spec = version.spec
+        try:
+            rules = _Rules.parse(spec, rt.program.attributes)
+        except RuleError as exc:
+            closed.extend(_unchecked(version, version_rows, exc))
+            continue
         channels = sequence_channels(spec)
         exiting: set[int] = set()
-        if spec.exit_when is not None:
-            rule = parse_rule(spec.exit_when, "exit_when", attributes=rt.program.attributes)
-            exiting = _matching(session, rule, {r.member_id for r in version_rows}, now)
+        if rules.exit_when is not None:
+            exiting = _matching(session, rules.exit_when, {r.member_id for r in version_rows}, now)
         for row in version_rows:
             member = members.get(row.member_id)
             if member is None or member.deleted_at is not None:
@@ -116,7 +140,7 @@ def check_sequence_rows(
             elif row.member_id in exiting:
                 exits[row.enrollment_id or 0] = "exit_when"
         remaining = [row for row in version_rows if row.enrollment_id not in exits]
-        closed.extend(_skipped_steps(session, rt, spec, remaining, now))
+        closed.extend(_skipped_steps(session, rules, len(spec.steps or []), remaining, now))
 
     for row in rows:
         if row.enrollment_id in exits:
@@ -145,30 +169,72 @@ def _matching(session: Session, rule: Any, member_ids: set[int], now: datetime) 
     )
 
 
+@dataclass(frozen=True)
+class _Rules:
+    """A sequence version's rules, parsed against the program's attributes of today."""
+
+    exit_when: Rule | None
+    only_if: dict[int, Rule]
+    """By step index, for the steps that have one."""
+    unless: dict[int, Rule]
+
+    @classmethod
+    def parse(cls, spec: CampaignSpec, attributes: Mapping[str, str]) -> _Rules:
+        """Every rule of ``spec``; :class:`RuleError` names the first that does not parse."""
+
+        def parsed(kind: str) -> dict[int, Rule]:
+            return {
+                index: parse_rule(rule, f"steps[{index}].{kind}", attributes=attributes)
+                for index, step in enumerate(spec.steps or [])
+                if (rule := getattr(step, kind)) is not None
+            }
+
+        exit_when = (
+            parse_rule(spec.exit_when, "exit_when", attributes=attributes)
+            if spec.exit_when is not None
+            else None
+        )
+        return cls(exit_when, parsed("only_if"), parsed("unless"))
+
+
+def _unchecked(version: LoadedVersion, rows: Sequence[Delivery], error: RuleError) -> list[Closed]:
+    """Fail ``rows``: a rule of their campaign version no longer parses (``error``)."""
+    detail = (
+        f"campaign {version.campaign_name} v{version.version}: {error}; "
+        "the program no longer allows this rule (fix its attributes or the campaign, "
+        f"then: loyalcast deliveries retry --campaign {version.campaign_name} "
+        f"--reason {RULE_ERROR})"
+    )
+    log.error(
+        "sequence rule no longer parses",
+        campaign=version.campaign_name,
+        version=version.version,
+        rule=error.path,
+        problem=error.problem,
+        rows=len(rows),
+    )
+    return [Closed(row.id, DeliveryStatus.FAILED, RULE_ERROR, detail) for row in rows]
+
+
 def _skipped_steps(
-    session: Session, rt: Runtime, spec: CampaignSpec, rows: list[Delivery], now: datetime
+    session: Session, rules: _Rules, steps: int, rows: list[Delivery], now: datetime
 ) -> list[Closed]:
     """The rows whose step's ``only_if`` fails or ``unless`` holds."""
-    steps = spec.steps or []
     by_step: dict[int, list[Delivery]] = defaultdict(list)
     for row in rows:
         index = (row.payload or {}).get("step")
-        if index is not None and 0 <= int(index) < len(steps):
+        if index is not None and 0 <= int(index) < steps:
             by_step[int(index)].append(row)
     closed: list[Closed] = []
-    attributes = rt.program.attributes
     for index, step_rows in sorted(by_step.items()):
-        step = steps[index]
         member_ids = {row.member_id for row in step_rows}
         skip: dict[int, str] = {}
-        if step.only_if is not None:
-            rule = parse_rule(step.only_if, f"steps[{index}].only_if", attributes=attributes)
-            matching = _matching(session, rule, member_ids, now)
+        if index in rules.only_if:
+            matching = _matching(session, rules.only_if[index], member_ids, now)
             for member_id in member_ids - matching:
                 skip[member_id] = f"step {index + 1} skipped: its only_if rule did not hold"
-        if step.unless is not None:
-            rule = parse_rule(step.unless, f"steps[{index}].unless", attributes=attributes)
-            for member_id in _matching(session, rule, member_ids, now):
+        if index in rules.unless:
+            for member_id in _matching(session, rules.unless[index], member_ids, now):
                 skip.setdefault(member_id, f"step {index + 1} skipped: its unless rule held")
         closed.extend(
             Closed(row.id, DeliveryStatus.SUPPRESSED, STEP_REASON, skip[row.member_id])
