@@ -27,6 +27,9 @@ from loyalcast.cli._common import (
 from loyalcast.settings import Settings, redact_url
 
 app = typer.Typer()
+#: The options sizing the worker pool, for ``worker`` and ``run``.
+Processes = Annotated[int | None, typer.Option(help="Worker processes.")]
+Threads = Annotated[int | None, typer.Option(help="Threads per process.")]
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 
 
@@ -63,8 +66,8 @@ def db_upgrade() -> None:
 
 @app.command()
 def worker(
-    processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Threads per process.")] = None,
+    processes: Processes = None,
+    threads: Threads = None,
 ) -> None:
     """Run dramatiq workers for plan, deliver, sweep and enroll jobs (needs LOYALCAST_REDIS_URL)."""
     from workers.jobs import QUEUES
@@ -142,8 +145,8 @@ def run_scheduler(settings: Settings, redis_url: str) -> None:
 
 @app.command()
 def run(
-    processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Threads per process.")] = None,
+    processes: Processes = None,
+    threads: Threads = None,
 ) -> None:
     """Run it all on one machine: workers, a scheduler and, unless configured, a private Redis."""
     from loyalcast.embedded import Embedded
