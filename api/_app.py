@@ -105,6 +105,7 @@ def create_app(
             Route("/campaigns/{name}/cancel", _campaigns.cancel, methods=["POST"]),
             Route("/campaigns/{name}/pause", _campaigns.pause, methods=["POST"]),
             Route("/campaigns/{name}/resume", _campaigns.resume, methods=["POST"]),
+            Route("/campaigns/{name}/replan", _campaigns.replan, methods=["POST"]),
             Route("/openapi.json", _openapi.openapi, methods=["GET"]),
         ],
         middleware=[Middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)],

@@ -1,4 +1,4 @@
-"""The campaign API: validate, create, forecast, schedule, cancel, pause, resume, status.
+"""The campaign API: validate, create, forecast, schedule, cancel, pause, resume, replan, status.
 
 Every route needs ``Authorization: Bearer <LOYALCAST_API_TOKEN>`` (401
 without, 503 when no token is configured) and answers JSON. A campaign file
@@ -7,7 +7,8 @@ is sent as the request body with ``Content-Type: text/yaml`` (or
 is 415. A file that does not validate is 422 with one entry per problem,
 ``{"errors": [{"field": "segment.all[0].op", "line": 7, "message": ...}]}``;
 an unknown campaign is 404, an impossible transition (resume a cancelled
-campaign, move a run that has started) is 409. ``GET /openapi.json``
+campaign, move a run that has started, replan a run whose rule the program
+still does not allow) is 409. ``GET /openapi.json``
 describes it all (:mod:`api._openapi`).
 
 Templates of campaigns sent here come from ``LOYALCAST_TEMPLATE_PATH``, then
@@ -36,7 +37,7 @@ from workers import CampaignFileError, CampaignSpec, Runtime
 from workers.campaign_checks import ValidatedCampaign, validate_campaign
 from workers.campaigns import Problem, Schedule
 from workers.catalog import RunAlreadyStarted, campaign_status, store_campaign
-from workers.control import cancel_campaign, pause_campaign, resume_campaign
+from workers.control import cancel_campaign, pause_campaign, replan_campaign, resume_campaign
 from workers.forecast import forecast
 
 from ._common import Context, authorized, context, log
@@ -47,6 +48,7 @@ __all__ = [
     "create",
     "forecast_campaign",
     "pause",
+    "replan",
     "resume",
     "schedule",
     "status",
@@ -319,6 +321,18 @@ async def resume(request: Request) -> JSONResponse:
     return JSONResponse(
         {"name": name, "status": CampaignStatus.ACTIVE.value, "deliveries": resumed}
     )
+
+
+@_guarded
+async def replan(request: Request) -> JSONResponse:
+    """``POST /campaigns/{name}/replan``: its failed runs are scheduled again."""
+    name = request.path_params["name"]
+    program = _runtime(request).program
+    try:
+        runs = await run_in_threadpool(replan_campaign, context(request).sessions, name, program)
+    except ValueError as exc:
+        raise _Refused(_error(409, str(exc))) from None
+    return JSONResponse({"name": name, "runs": runs})
 
 
 @_guarded

@@ -15,8 +15,9 @@ else the next sweep sends them. Retrying a request is safe.
 Errors are JSON ``{"error": ..., "field": ...}``: 400 for a body that is not
 JSON, 422 for a bad field (named) or a campaign that is not a welcome
 sequence, 404 for an unknown member (``unknown`` lists them; nobody is
-enrolled) or campaign, 409 for a paused or cancelled campaign, and 401/503
-from the token check.
+enrolled) or campaign, 409 for a paused or cancelled campaign or a sequence
+whose segment the program's policy file no longer allows (nobody is
+enrolled; send it again once fixed), and 401/503 from the token check.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from workers.runtime import program_for
 from workers.sequences import (
     CampaignNotEnrollable,
     EnrollResult,
+    SequenceRuleNotAllowed,
     UnknownCampaign,
     UnknownMembers,
     enroll,
@@ -134,6 +136,8 @@ async def enrollment(request: Request) -> JSONResponse:
         return _error(404, "campaign", str(exc))
     except CampaignNotEnrollable as exc:
         return _error(409 if exc.inactive else 422, "campaign", str(exc))
+    except SequenceRuleNotAllowed as exc:
+        return _error(409, "campaign", str(exc))
     log.info("enrollment event", members=len(ids), enrolled=len(result.enrolled))
     return JSONResponse(
         {

@@ -154,6 +154,15 @@ _SCHEMAS: dict[str, Any] = {
         status={"enum": ["active", "paused"]},
         deliveries={"type": "integer", "description": "Deliveries now waiting, or due again."},
     ),
+    "Replanned": _object(
+        ["name", "runs"],
+        name=_STR,
+        runs={
+            "type": "array",
+            "items": _INT,
+            "description": "Failed runs scheduled again (empty: none had failed).",
+        },
+    ),
     "CampaignStatus": _object(
         ["name", "status", "version", "runs", "counts", "total"],
         name=_STR,
@@ -162,12 +171,18 @@ _SCHEMAS: dict[str, Any] = {
         runs={
             "type": "array",
             "items": _object(
-                ["id", "occurrence", "due_at", "status", "planned"],
+                ["id", "occurrence", "due_at", "status", "planned", "error"],
                 id=_INT,
                 occurrence=_STR,
                 due_at=_NULLABLE_INSTANT,
-                status=_STR,
+                status={
+                    "enum": ["scheduled", "planning", "planned", "completed", "cancelled", "failed"]
+                },
                 planned=_INT,
+                error={
+                    "type": ["string", "null"],
+                    "description": "Why planning failed (status failed), and the fix.",
+                },
             ),
         },
         counts={"type": "array", "items": _ref("Outcome")},
@@ -311,6 +326,15 @@ def openapi_document() -> dict[str, Any]:
                 "post": _operation(
                     "Resume a paused campaign: its waiting deliveries are due at once",
                     {"200": _json("Transition", "Active again.")},
+                    "NotFound",
+                    "Conflict",
+                    parameters=[_NAME],
+                )
+            },
+            "/campaigns/{name}/replan": {
+                "post": _operation(
+                    "Schedule the failed runs again, once the program allows the campaign's rules",
+                    {"200": _json("Replanned", "The runs scheduled again.")},
                     "NotFound",
                     "Conflict",
                     parameters=[_NAME],

@@ -181,6 +181,9 @@ class RunStatus(enum.StrEnum):
     """Every delivery is final."""
     CANCELLED = "cancelled"
     """Cancelled before it completed."""
+    FAILED = "failed"
+    """Planning stopped on a problem an operator must fix (``error`` says which);
+    ``loyalcast campaigns replan`` schedules it again once fixed."""
 
 
 class ConsentStatus(enum.StrEnum):
@@ -372,6 +375,9 @@ class CampaignRun(Base):
     planned_count: Mapped[int] = mapped_column(Integer, default=0)
     planned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(
+        Text, doc="why planning failed (status failed): the campaign, the rule, the fix"
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (

@@ -7,6 +7,7 @@ app serves at ``/openapi.json``, which itself passes ``openapi-spec-validator``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,8 +22,10 @@ from sqlalchemy import select
 from api._openapi import openapi_document
 from scheduler import claim_due_runs
 from store import CampaignRun, CampaignVersion, set_clock
+from workers.catalog import create_campaign
+from workers.planning import plan_run
 
-from .support import add_member
+from .support import OPEN_PROGRAM, add_member, runtime_for
 from .test_api import start_api
 
 TOKEN = "campaign-api-test-token"
@@ -131,6 +134,7 @@ def test_the_openapi_document_is_valid_and_describes_every_route(client):
         "/campaigns/{name}/cancel",
         "/campaigns/{name}/pause",
         "/campaigns/{name}/resume",
+        "/campaigns/{name}/replan",
         "/openapi.json",
     }
 
@@ -146,6 +150,7 @@ def test_the_openapi_document_is_valid_and_describes_every_route(client):
         ("POST", "/campaigns/winter/cancel"),
         ("POST", "/campaigns/winter/pause"),
         ("POST", "/campaigns/winter/resume"),
+        ("POST", "/campaigns/winter/replan"),
     ],
 )
 def test_every_campaign_route_needs_the_bearer_token(client, method, path):
@@ -350,3 +355,45 @@ def test_pause_resume_cancel_and_the_transitions_that_are_refused(client):
     assert json.loads(client.get("/campaigns/winter", headers=AUTH).content)["runs"][0][
         "status"
     ] == ("cancelled")
+
+
+def test_status_shows_why_a_run_failed_and_replan_schedules_it_again(
+    client, database_url, tmp_path
+):
+    """A run whose rule the program no longer allows: its error in status; replan 409, then 200."""
+    # Given a campaign on attributes.vip, stored while the program declared it,
+    # whose run failed to plan under the API's program (which does not)
+    vip = dataclasses.replace(OPEN_PROGRAM, attributes={"vip": "boolean"})
+    path = tmp_path / "vip.yaml"
+    path.write_text(
+        CAMPAIGN.replace("name: winter", "name: vip").replace(
+            "{field: tier, op: in, value: [gold]}", "{field: attributes.vip, op: '=', value: true}"
+        )
+    )
+    created = create_campaign(client.sessions, path, program=vip)
+    set_clock(lambda: datetime(2026, 12, 1, 15, 0, tzinfo=UTC))
+    assert claim_due_runs(client.sessions) == [created.run_id]
+    rt = runtime_for(database_url, tmp_path)
+    assert plan_run(rt, created.run_id).status == "failed"
+    rt.close()
+    set_clock(lambda: NOW)
+    # Then the status names the run's error
+    [run] = client.get("/campaigns/vip", headers=AUTH).json()["runs"]
+    assert run["status"] == "failed"
+    assert run["error"].startswith("campaign vip v1: segment")
+    # And replan is refused while the API's program still lacks the attribute
+    refused = client.post("/campaigns/vip/replan", headers=AUTH)
+    assert refused.status_code == 409
+    assert "still does not allow" in refused.json()["error"]
+    # When the failed run's campaign is fixed by a new version the program allows
+    fixed = client.post(
+        "/campaigns",
+        content=CAMPAIGN.replace("name: winter", "name: vip"),
+        headers=YAML,
+    )
+    assert fixed.status_code in (200, 201), fixed.text
+    replanned = client.post("/campaigns/vip/replan", headers=AUTH)
+    assert (replanned.status_code, replanned.json()) == (200, {"name": "vip", "runs": [run["id"]]})
+    [run] = client.get("/campaigns/vip", headers=AUTH).json()["runs"]
+    assert (run["status"], run["error"]) == ("scheduled", None)
+    assert client.post("/campaigns/nobody/replan", headers=AUTH).status_code == 404

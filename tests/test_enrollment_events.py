@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,9 +16,10 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import select
 
 from store import Delivery, Enrollment, Member
+from workers.catalog import create_campaign
 from workers.jobs import enqueue_enroll
 
-from .support import add_member, create, sessions_for
+from .support import OPEN_PROGRAM, add_member, create, sessions_for
 from .test_api import start_api
 from .test_sequences import write_sequence
 
@@ -196,13 +198,17 @@ def test_a_campaign_that_is_paused_is_409_and_one_that_is_not_a_sequence_422(api
     assert _enrolled(api.sessions) == []
 
 
-def _cli(tmp_path: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(
+    tmp_path: Path, database_url: str, *args: str, policy_file: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": "/usr/bin:/bin",
         "LOYALCAST_DATA_DIR": str(tmp_path / "data"),
         "LOYALCAST_DATABASE_URL": database_url,
         "LOYALCAST_LOG_LEVEL": "WARNING",
     }
+    if policy_file is not None:
+        env["LOYALCAST_POLICY_FILE"] = policy_file
     return subprocess.run(
         [LOYALCAST, *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -235,6 +241,47 @@ def test_an_import_enrolls_the_members_it_creates_not_those_it_updates(database_
     assert result.returncode == 1
     assert "no member with external id 'GHOST'; nobody was enrolled" in result.stderr
     assert _enrolled(sessions) == [("NEW1", 1, "import"), ("NEW2", 1, "cli")]
+
+
+def test_a_sequence_whose_segment_the_program_no_longer_allows_enrolls_nobody(
+    database_url, tmp_path
+):
+    """API 409 and CLI exit 1 naming the campaign and rule; no sequence starts, not even
+    the one without a segment; once the attribute is declared again, enrolling works."""
+    # Given a plain welcome sequence and a VIP one created while the program declared vip
+    vip = dataclasses.replace(OPEN_PROGRAM, attributes={"vip": "boolean"})
+    with start_api(database_url, tmp_path, api_token=TOKEN) as a:
+        create(a.sessions, write_sequence(tmp_path))
+        path = write_sequence(
+            tmp_path,
+            name="vip-welcome",
+            extra="segment: {field: attributes.vip, op: '=', value: true}\n",
+        )
+        create_campaign(a.sessions, path, program=vip)
+        with a.sessions.begin() as s:
+            member = add_member(s, attributes={"vip": True}).external_id
+        # When the API (no policy file: vip undeclared) is sent an enrollment
+        reply = _post(a, {"member": member})
+        assert (reply.status_code, reply.json()["field"]) == (409, "campaign")
+        assert "'vip-welcome': segment" in reply.json()["error"]
+        assert "no longer allows" in reply.json()["error"]
+        assert _enrolled(a.sessions) == []
+    # When an import creates a member under the same program
+    new = tmp_path / "new.csv"
+    new.write_text("external_id,name\nNEW1,New One\n")
+    result = _cli(tmp_path, database_url, "members", "import", str(new))
+    assert result.returncode == 1
+    assert "1 new members imported, none enrolled" in " ".join(result.stderr.split())
+    assert _enrolled(sessions_for(database_url)) == []
+    # Then with the attribute declared again, enrolling them starts both sequences
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("attributes:\n  vip: boolean\n")
+    result = _cli(
+        tmp_path, database_url, "members", "enroll", "NEW1", member, policy_file=str(policy)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 members enrolled in welcome" in result.stdout
+    assert "1 members enrolled in vip-welcome" in result.stdout
 
 
 @pytest.mark.slow

@@ -6,6 +6,12 @@ load the templates of every channel it may send on, resolve a saved segment's
 name to its rule as it is now, and render each part for sample members (real
 members of the segment and synthetic ones with empty fields). It reads the
 store and writes nothing; a problem is raised with its place named.
+
+:func:`rules_not_allowed` checks the other way round: stored campaigns still
+running against the program as it is now, so ``loyalcast worker`` and
+``loyalcast run`` can warn at start of a campaign whose segment or sequence
+rules name an attribute the policy file no longer declares (its runs would
+fail to plan, its sequence rows fail with ``rule_error``).
 """
 
 from __future__ import annotations
@@ -18,20 +24,22 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from segments import audience_filter, load_segment, parse_rule
-from store import Member, utcnow
+from segments import RuleError, audience_filter, load_segment, parse_rule
+from store import Campaign, CampaignStatus, CampaignVersion, Member, utcnow
 from templates import Renderer, TemplateError, load_templates
 
 from .campaigns import CampaignFileError, CampaignSpec, Problem, parse_campaign
 from .context import member_context, sample_extras
 from .program import Program
 from .runtime import LoadedVersion
+from .yamlfile import dotted
 
 __all__ = [
     "SAMPLE_MEMBERS",
     "ValidatedCampaign",
     "load_campaign_templates",
     "read_campaign_file",
+    "rules_not_allowed",
     "validate_campaign",
 ]
 
@@ -208,3 +216,28 @@ def read_campaign_file(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CampaignFileError(str(path), [Problem("(file)", f"cannot read: {exc}")]) from None
+
+
+def rules_not_allowed(sessions: sessionmaker[Session], program: Program) -> list[str]:
+    """Each rule of an active or paused campaign's current version that ``program``
+    no longer allows: ``campaign NAME vN: <path>: <problem>``, in name order."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Campaign.name, CampaignVersion.version, CampaignVersion.spec)
+            .join(
+                CampaignVersion,
+                (CampaignVersion.campaign_id == Campaign.id)
+                & (CampaignVersion.version == Campaign.current_version),
+            )
+            .where(Campaign.status.in_((CampaignStatus.ACTIVE, CampaignStatus.PAUSED)))
+            .order_by(Campaign.name)
+        ).all()
+    found: list[str] = []
+    for name, number, data in rows:
+        spec = CampaignSpec.model_validate(data)
+        for loc, rule in spec.rules():
+            try:
+                parse_rule(rule, dotted(loc), attributes=program.attributes)
+            except RuleError as exc:
+                found.append(f"campaign {name} v{number}: {exc}")
+    return found

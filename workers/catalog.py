@@ -296,6 +296,7 @@ def campaign_status(
                 "occurrence": run.occurrence,
                 "due_at": run.due_at,
                 "status": run.status,
+                "error": run.error,
                 **progress[run.id].as_dict(),
             }
             for run in latest

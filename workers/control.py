@@ -12,6 +12,9 @@ checks it), so once a status change commits no worker starts another send.
 - :func:`pause_campaign` stops sending and planning; open deliveries wait
   (``deferred``, reason ``paused``), scheduled runs are not claimed.
 - :func:`resume_campaign` makes them due again and re-enqueues them.
+- :func:`replan_campaign` schedules its ``failed`` runs again (a rule the
+  program no longer allowed, :mod:`workers.planning`), once the program
+  allows the campaign's rules: the scheduler's next tick claims them.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import dramatiq
-from sqlalchemy import func, select, update
+import structlog
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from segments import RuleError
 from store import (
     Campaign,
     CampaignRun,
     CampaignStatus,
+    CampaignVersion,
     Delivery,
     DeliveryStatus,
     RunStatus,
@@ -35,10 +41,21 @@ from store import (
     utcnow,
 )
 
+from .campaigns import CampaignSpec
 from .jobs import chunked, enqueue_deliver
-from .ledger import OPEN
+from .ledger import OPEN, RUN_FAILED
+from .planning import segment_rule
+from .program import Program
 
-__all__ = ["CancelResult", "cancel_campaign", "pause_campaign", "resume_campaign"]
+__all__ = [
+    "CancelResult",
+    "cancel_campaign",
+    "pause_campaign",
+    "replan_campaign",
+    "resume_campaign",
+]
+
+log = structlog.get_logger(__name__)
 
 #: How often cancel looks again for deliveries still being sent.
 POLL = 0.1
@@ -85,7 +102,7 @@ def cancel_campaign(
             .where(
                 CampaignRun.campaign_id == campaign_id,
                 CampaignRun.status.in_(
-                    (RunStatus.SCHEDULED, RunStatus.PLANNING, RunStatus.PLANNED)
+                    (RunStatus.SCHEDULED, RunStatus.PLANNING, RunStatus.PLANNED, RunStatus.FAILED)
                 ),
             )
             .values(status=RunStatus.CANCELLED)
@@ -140,7 +157,12 @@ def pause_campaign(sessions: sessionmaker[Session], name: str) -> int:
         return affected_rows(
             session.execute(
                 update(Delivery)
-                .where(Delivery.campaign_id == campaign.id, Delivery.status.in_(OPEN))
+                .where(
+                    Delivery.campaign_id == campaign.id,
+                    Delivery.status.in_(OPEN),
+                    # Rows a failed run holds stay held: resume must not release them.
+                    or_(Delivery.reason.is_(None), Delivery.reason != RUN_FAILED),
+                )
                 .values(
                     status=DeliveryStatus.DEFERRED,
                     reason="paused",
@@ -191,3 +213,79 @@ def resume_campaign(
         for batch in chunked(sorted(ids), 1000):
             enqueue_deliver(broker, batch)
     return len(ids)
+
+
+def replan_campaign(sessions: sessionmaker[Session], name: str, program: Program) -> list[int]:
+    """Schedule campaign ``name``'s failed runs again; return their ids (none: nothing failed).
+
+    A run none of whose rows was released to send takes the campaign's
+    current version (its held rows with it), as an unstarted run does when
+    the campaign is updated; one with rows out keeps its own. Each run's rule
+    is checked against ``program`` first (it must be the policy file the
+    workers run with: restart them after changing it), and nothing changes if
+    one still fails. Rows a failed run held (``run_failed``) go back to its
+    plan. A run scheduled again is due at once: the scheduler's next tick
+    claims it, unless the campaign is paused.
+
+    Raises:
+        LookupError: no such campaign.
+        ValueError: it is cancelled, or a run's rule is still not allowed.
+    """
+    with sessions.begin() as session:
+        campaign = _campaign(session, name)
+        if campaign.status == CampaignStatus.CANCELLED:
+            raise ValueError(f"campaign {name!r} is cancelled")
+        held = (Delivery.status == DeliveryStatus.DEFERRED) & (Delivery.reason == RUN_FAILED)
+        released = exists().where(Delivery.run_id == CampaignRun.id, ~held)
+        runs = session.execute(
+            select(CampaignRun.id, CampaignRun.campaign_version_id, released)
+            .where(CampaignRun.campaign_id == campaign.id, CampaignRun.status == RunStatus.FAILED)
+            .order_by(CampaignRun.id)
+        ).all()
+        current = session.scalar(
+            select(CampaignVersion.id).where(
+                CampaignVersion.campaign_id == campaign.id,
+                CampaignVersion.version == campaign.current_version,
+            )
+        )
+        chosen = {run_id: own if out else current for run_id, own, out in runs}
+        for number, spec in session.execute(
+            select(CampaignVersion.version, CampaignVersion.spec)
+            .where(CampaignVersion.id.in_(set(chosen.values())))
+            .order_by(CampaignVersion.version)
+        ):
+            try:
+                segment_rule(CampaignSpec.model_validate(spec), program)
+            except RuleError as exc:
+                raise ValueError(
+                    f"campaign {name} v{number}: {exc}; the program still does not allow "
+                    "this rule: declare the attribute again (and restart the workers) or "
+                    "update the campaign; no run was scheduled again"
+                ) from None
+        for run_id, version_id in chosen.items():
+            session.execute(
+                update(CampaignRun)
+                .where(CampaignRun.id == run_id)
+                .values(
+                    status=RunStatus.SCHEDULED,
+                    campaign_version_id=version_id,
+                    claimed_at=None,
+                    error=None,
+                )
+            )
+            session.execute(
+                update(Delivery)
+                .where(Delivery.run_id == run_id, held)
+                .values(
+                    status=DeliveryStatus.PENDING,
+                    campaign_version_id=version_id,
+                    reason=None,
+                    detail=None,
+                    not_before=None,
+                    enqueued_at=None,
+                    updated_at=utcnow(),
+                )
+            )
+    if chosen:
+        log.info("failed runs scheduled again", campaign=name, runs=sorted(chosen))
+    return sorted(chosen)

@@ -18,7 +18,10 @@ ids the store does not know are logged and skipped, and the others enrolled:
 a member must be imported before they can be enrolled. A malformed message,
 an unknown campaign or one that is not an active welcome sequence fails
 without retries (it can never succeed as written) and stays in dramatiq's
-dead-letter queue for inspection.
+dead-letter queue for inspection. A sequence whose segment the policy file
+no longer allows (:class:`~workers.sequences.SequenceRuleNotAllowed`) enrolls
+nobody and is retried with backoff, so a fix and a worker restart within the
+retries lets it through; after them it too waits in the dead-letter queue.
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ from store import Delivery, DeliveryStatus, utcnow
 from store.bulk import unindexed, update_many
 
 __all__ = [
+    "HELD",
     "OPEN",
+    "RUN_FAILED",
     "DeliverResult",
     "closed_entry",
     "deferred_entry",
@@ -33,6 +35,14 @@ __all__ = [
 
 #: Rows a deliver job may still send.
 OPEN = (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)
+
+#: The reason on rows of a failed run held until it is planned again
+#: (``deferred``, due in ten years): a triggered run's rows, written before
+#: its plan narrows them, must not be sent un-narrowed by the sweeper.
+RUN_FAILED = "run_failed"
+
+#: Reasons of ``deferred`` rows that wait for an operator, not for a time.
+HELD = ("paused", RUN_FAILED)
 
 #: The deliveries table, for Core UPDATEs of many rows.
 deliveries = cast(Table, Delivery.__table__)

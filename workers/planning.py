@@ -18,21 +18,30 @@ decided by the deliver job, just before sending (DESIGN.md §4). A row that
 must wait (a member-local wall time, a ``spread`` offset) is written
 ``deferred`` with its moment (:mod:`workers.timing`), for ``at`` and cron
 runs alike.
+
+A run whose campaign's ``segment`` the program no longer allows (the policy
+file dropped or retyped an attribute it names) cannot plan until an operator
+fixes one or the other: it ends ``failed`` at once, with the campaign, the
+rule and the fix in its ``error`` and an error log, rather than failing every
+retry and every re-plan of the sweeper. ``loyalcast campaigns replan NAME``
+(:func:`workers.control.replan_campaign`) schedules it again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import func, select, update
 
-from segments import audience_filter, parse_rule
+from segments import Rule, RuleError, audience_filter, parse_rule
 from store import (
     Campaign,
     CampaignRun,
     CampaignStatus,
+    Delivery,
     DeliveryStatus,
     Member,
     RunStatus,
@@ -41,15 +50,20 @@ from store import (
 )
 from store.bulk import insert_ignore_many
 
+from .campaigns import CampaignSpec
 from .jobs import enqueue_deliver
-from .ledger import deliveries
+from .ledger import RUN_FAILED, deliveries
+from .program import Program
 from .recurrence import run_wall
-from .runtime import Runtime
+from .runtime import LoadedVersion, Runtime
 from .timing import RunTiming, row_timing
 
-__all__ = ["PlanResult", "dedupe_key", "plan_run"]
+__all__ = ["PlanResult", "dedupe_key", "plan_run", "segment_rule"]
 
 log = structlog.get_logger(__name__)
+
+#: How far ahead rows held for an operator are due (never, in practice).
+HOLD = timedelta(days=3650)
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,27 @@ def dedupe_key(run_id: int, member_id: int, channel: str | None = None) -> str:
     """A broadcast's once-only key: (run, member), plus the channel for ``channels: all``."""
     key = f"broadcast:{run_id}:{member_id}"
     return f"{key}:{channel}" if channel else key
+
+
+def segment_rule(spec: CampaignSpec, program: Program) -> Rule | None:
+    """The campaign's own ``segment`` as ``program`` allows it now, or None without one.
+
+    Raises:
+        RuleError: the rule names an attribute ``program`` does not declare
+            (or no longer as that type).
+    """
+    if spec.segment is None:
+        return None
+    return parse_rule(spec.segment, "segment", attributes=program.attributes)
+
+
+def _failure_message(version: LoadedVersion, error: RuleError) -> str:
+    """Why a run of ``version`` cannot plan, and how to go on (a failed run's ``error``)."""
+    name = version.campaign_name
+    return (
+        f"campaign {name} v{version.version}: {error}; the program no longer allows this "
+        f"rule (fix its attributes or the campaign, then: loyalcast campaigns replan {name})"
+    )
 
 
 def plan_run(rt: Runtime, run_id: int) -> PlanResult:
@@ -89,6 +124,10 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
 
     version = rt.version(version_id)
     spec = version.spec
+    try:
+        rule = segment_rule(spec, rt.program)
+    except RuleError as exc:
+        return _fail(rt, run_id, version, exc)
     # Kinds whose audience is not a segment read in id order plan in their own
     # module, which builds on this one (hence the imports here).
     if spec.kind == "expiry_reminder":
@@ -101,11 +140,6 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
         return plan_triggered(rt, run_id, spec)
     timing = RunTiming(run_id, due_at, run_wall(spec.schedule, occurrence))
     default_zone = rt.program.default_time_zone
-    rule = (
-        parse_rule(spec.segment, "segment", attributes=rt.program.attributes)
-        if spec.segment is not None
-        else None
-    )
     audience = audience_filter(rule)
     channels = spec.channel_list
     per_channel = spec.sends_on_every_channel
@@ -208,6 +242,55 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
     result = _finish(rt, run_id, RunStatus.PLANNED, written)
     log.info("run planned", run_id=run_id, written=written)
     return result
+
+
+def _fail(rt: Runtime, run_id: int, version: LoadedVersion, error: RuleError) -> PlanResult:
+    """End run ``run_id`` ``failed``: planning cannot go on until an operator fixes ``error``.
+
+    Rows the run holds that no plan has released (``pending``, never
+    enqueued: a triggered run's, written before its plan narrows them) wait
+    ``deferred`` with reason ``run_failed`` until it is planned again. Rows an
+    earlier plan page released are left to go: they were planned under the
+    rule as it was.
+    """
+    now = utcnow()
+    message = _failure_message(version, error)
+    with rt.sessions.begin() as session:
+        failed = affected_rows(
+            session.execute(
+                update(CampaignRun)
+                .where(CampaignRun.id == run_id, CampaignRun.status == RunStatus.PLANNING)
+                .values(status=RunStatus.FAILED, error=message)
+            )
+        )
+        if failed:
+            session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.run_id == run_id,
+                    Delivery.status == DeliveryStatus.PENDING,
+                    Delivery.enqueued_at.is_(None),
+                )
+                .values(
+                    status=DeliveryStatus.DEFERRED,
+                    reason=RUN_FAILED,
+                    detail=f"run {run_id} failed to plan: {message}",
+                    not_before=now + HOLD,
+                    updated_at=now,
+                )
+            )
+    if not failed:
+        return PlanResult(run_id, 0, "stopped")
+    log.error(
+        "run failed: its segment rule no longer parses",
+        run_id=run_id,
+        campaign=version.campaign_name,
+        version=version.version,
+        rule=error.path,
+        problem=error.problem,
+        fix=f"loyalcast campaigns replan {version.campaign_name}",
+    )
+    return PlanResult(run_id, 0, RunStatus.FAILED)
 
 
 def _finish(rt: Runtime, run_id: int, status: RunStatus, written: int) -> PlanResult:

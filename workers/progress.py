@@ -32,6 +32,8 @@ from sqlalchemy.orm import Session
 from loyalcast.settings import Settings
 from store import Delivery, DeliveryStatus
 
+from .ledger import HELD
+
 __all__ = ["THROUGHPUT_WINDOW", "RunProgress", "provider_rates", "run_progress"]
 
 #: How far back throughput is measured.
@@ -141,7 +143,7 @@ def _waiting(
             Delivery.run_id.in_(ids),
             Delivery.status == DeliveryStatus.DEFERRED,
             Delivery.not_before > now,
-            or_(Delivery.reason.is_(None), Delivery.reason != "paused"),
+            or_(Delivery.reason.is_(None), Delivery.reason.not_in(HELD)),
         )
         .group_by(Delivery.run_id)
     )

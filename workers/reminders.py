@@ -58,7 +58,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from segments import audience_filter, parse_rule
+from segments import audience_filter
 from segments.expiry import DueReminder, due_reminders, iter_expiring
 from store import (
     Campaign,
@@ -74,7 +74,7 @@ from store.bulk import insert_ignore_many
 from .campaigns import CampaignSpec
 from .jobs import chunked, enqueue_deliver
 from .ledger import deliveries
-from .planning import PlanResult
+from .planning import PlanResult, segment_rule
 from .program import Program
 from .quiet_hours import local_midnight, resolve_zone
 from .reminder_dates import POSTAL_CHANNEL, planning_horizon
@@ -232,11 +232,7 @@ def _write(
     spec = version.spec
     channels = spec.channel_list
     per_channel = spec.sends_on_every_channel
-    rule = (
-        parse_rule(spec.segment, "segment", attributes=rt.program.attributes)
-        if spec.segment is not None
-        else None
-    )
+    rule = segment_rule(spec, rt.program)
     batch = rt.settings.batch_size
     size = max(batch // len(channels) if per_channel else batch, 1)
     for chunk in chunked(_due(session, window, spec, rt.program), size):

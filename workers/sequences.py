@@ -48,7 +48,7 @@ import structlog
 from sqlalchemy import Table, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from segments import Rule, audience_filter, parse_rule
+from segments import Rule, RuleError, audience_filter, parse_rule
 from store import (
     Campaign,
     CampaignStatus,
@@ -77,6 +77,7 @@ __all__ = [
     "EnrollResult",
     "Enrolled",
     "NotEnrolled",
+    "SequenceRuleNotAllowed",
     "UnknownCampaign",
     "UnknownMembers",
     "enroll",
@@ -116,6 +117,23 @@ class CampaignNotEnrollable(ValueError):
         self.name = name
         self.inactive = inactive
         super().__init__(f"campaign {name!r} {problem}")
+
+
+class SequenceRuleNotAllowed(ValueError):
+    """A welcome sequence's ``segment`` names an attribute the program no longer declares.
+
+    Raised before anyone is enrolled in any sequence: declare the attribute
+    again (and restart the workers) or update the campaign, then enroll again
+    (enrolling is safe to repeat).
+    """
+
+    def __init__(self, name: str, error: RuleError) -> None:
+        self.name = name
+        self.error = error
+        super().__init__(
+            f"campaign {name!r}: {error}; the program no longer allows this rule "
+            "(declare the attribute again, or update the campaign)"
+        )
 
 
 @dataclass(frozen=True)
@@ -181,6 +199,8 @@ def enroll(
         UnknownMembers: a member named does not exist; nothing was enrolled.
         UnknownCampaign: ``campaign`` does not exist.
         CampaignNotEnrollable: ``campaign`` is not an active welcome sequence.
+        SequenceRuleNotAllowed: a sequence's segment names an attribute
+            ``attributes`` does not declare; nothing was enrolled.
         ValueError: ``at`` is naive or in the future, ``source`` too long.
     """
     now = utcnow()
@@ -190,14 +210,10 @@ def enroll(
     if not source or len(source) > 32:
         raise ValueError("source must be 1 to 32 characters")
     sequences = _sequences(sessions, campaign)
+    rules = _rules(sequences, attributes)
     names = _resolve(sessions, members)
     result = EnrollResult()
-    for sequence in sequences:
-        rule = (
-            parse_rule(sequence.spec.segment, "segment", attributes=attributes)
-            if sequence.spec.segment is not None
-            else None
-        )
+    for sequence, rule in zip(sequences, rules, strict=True):
         for chunk in chunked(sorted(names), ENROLL_CHUNK):
             with sessions.begin() as session:
                 due = _enroll_chunk(
@@ -214,6 +230,23 @@ def enroll(
             skipped=len(result.skipped),
         )
     return result
+
+
+def _rules(
+    sequences: list[SequenceVersion], attributes: Mapping[str, str] | None
+) -> list[Rule | None]:
+    """Each sequence's segment rule, all parsed before anyone is enrolled."""
+    rules: list[Rule | None] = []
+    for sequence in sequences:
+        try:
+            rules.append(
+                parse_rule(sequence.spec.segment, "segment", attributes=attributes)
+                if sequence.spec.segment is not None
+                else None
+            )
+        except RuleError as exc:
+            raise SequenceRuleNotAllowed(sequence.name, exc) from None
+    return rules
 
 
 def _sequences(sessions: sessionmaker[Session], name: str | None) -> list[SequenceVersion]:

@@ -49,7 +49,7 @@ import structlog
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from segments import SnapshotDiff, audience_filter, parse_rule, snapshot
+from segments import SnapshotDiff, audience_filter, snapshot
 from store import (
     Campaign,
     CampaignRun,
@@ -68,7 +68,7 @@ from .campaigns import CampaignSpec
 from .compose import Closed
 from .jobs import chunked, enqueue_deliver
 from .ledger import deliveries
-from .planning import PlanResult
+from .planning import PlanResult, segment_rule
 from .planning import _finish as finish_run  # the kinds' planners build on planning
 from .policy import ConsentState
 from .program import Program
@@ -306,8 +306,8 @@ def plan_triggered(rt: Runtime, run_id: int, spec: CampaignSpec) -> PlanResult:
     now = utcnow()
     mine = (Delivery.run_id == run_id) & (Delivery.status == DeliveryStatus.PENDING)
     with rt.sessions.begin() as session:
-        if isinstance(spec.segment, dict):
-            rule = parse_rule(spec.segment, "segment", attributes=rt.program.attributes)
+        rule = segment_rule(spec, rt.program)
+        if rule is not None:
             inside = select(Member.id).where(
                 Member.id == Delivery.member_id, audience_filter(rule, now=now)
             )

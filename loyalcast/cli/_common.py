@@ -46,6 +46,20 @@ def load_program(settings: Settings) -> Any:
         fail(f"policy file refused:\n{exc}", code=2)
 
 
+def warn_rules_not_allowed(settings: Settings) -> None:
+    """Print a warning for each running campaign's rule the policy file no longer allows."""
+    from workers.campaign_checks import rules_not_allowed
+
+    found = rules_not_allowed(make_sessions(settings), load_program(settings))
+    for problem in found:
+        errors.print(
+            f"warning: {problem}: the program no longer allows this rule; its runs fail "
+            "to plan until it does (declare the attribute again, or update the campaign, "
+            "then `loyalcast campaigns replan NAME`)",
+            markup=False,
+        )
+
+
 def make_sessions(settings: Settings, upgrade: bool = True) -> Any:
     """A sessionmaker on the configured database, its schema upgraded first unless told not."""
     from store import make_engine, make_sessionmaker

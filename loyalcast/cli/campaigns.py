@@ -1,4 +1,4 @@
-"""``loyalcast campaigns``: create, status, forecast, test-send, cancel, pause, resume.
+"""``loyalcast campaigns``: create, status, forecast, test-send, cancel, pause, replan, resume.
 
 The cells of the status table (open deliveries, ETA) are worked out here too.
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from loyalcast.cli._common import console, errors, fail, load_program, load_settings, make_sessions
@@ -109,6 +110,9 @@ def campaigns_status(name: Annotated[str, typer.Argument(help="The campaign's na
             _eta_cell(run),
         )
     console.print(runs)
+    for run in report.runs:
+        if run["error"]:
+            console.print(f"[red]run {run['id']} failed:[/] {escape(run['error'])}")
     counts = Table("status", "reason", "deliveries")
     for status, reason, n in report.counts:
         counts.add_row(status, reason or "", str(n))
@@ -266,6 +270,29 @@ def campaigns_pause(name: Annotated[str, typer.Argument(help="The campaign's nam
     except (LookupError, ValueError) as exc:
         fail(str(exc))
     console.print(f"campaign {name} paused: {waiting} deliveries wait")
+
+
+@app.command("replan")
+def campaigns_replan(name: Annotated[str, typer.Argument(help="The campaign's name.")]) -> None:
+    """Schedule a campaign's failed runs again, once the program allows its rules.
+
+    A run fails when the campaign's segment names an attribute the policy file
+    no longer declares (`campaigns status` shows why). Declare it again and
+    restart the workers, or update the campaign with `campaigns create`; then
+    run this. The scheduler's next tick plans the runs.
+    """
+    from workers.control import replan_campaign
+
+    settings = load_settings()
+    try:
+        runs = replan_campaign(make_sessions(settings), name, load_program(settings))
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+    if not runs:
+        console.print(f"campaign {name} has no failed run")
+        return
+    listed = ", ".join(str(run) for run in runs)
+    console.print(f"campaign {name}: run(s) {listed} scheduled again; the next tick plans them")
 
 
 @app.command("resume")

@@ -75,7 +75,15 @@ def members_import(
         f"{report.skipped} skipped, {len(report.errors)} with errors"
     )
     if report.created_ids and not no_enroll:
-        _enroll_and_report(settings, report.created_ids, source="import")
+        from workers.sequences import SequenceRuleNotAllowed
+
+        try:
+            _enroll_and_report(settings, report.created_ids, source="import")
+        except SequenceRuleNotAllowed as exc:
+            fail(
+                f"{len(report.created_ids)} new members imported, none enrolled: {exc}; "
+                "once fixed, enroll them with `loyalcast members enroll`"
+            )
     if report.errors and not skip_bad:
         fail("nothing was written (all-or-nothing); fix the rows above or use --skip-bad")
     if report.errors:
@@ -98,12 +106,22 @@ def members_enroll(
     starts it again only if the campaign says `restart: true`. An unknown
     external id stops the command before anyone is enrolled.
     """
-    from workers.sequences import CampaignNotEnrollable, UnknownCampaign, UnknownMembers
+    from workers.sequences import (
+        CampaignNotEnrollable,
+        SequenceRuleNotAllowed,
+        UnknownCampaign,
+        UnknownMembers,
+    )
 
     settings = load_settings()
     try:
         _enroll_and_report(settings, external_ids, source="cli", campaign=campaign)
-    except (UnknownMembers, UnknownCampaign, CampaignNotEnrollable) as exc:
+    except (
+        UnknownMembers,
+        UnknownCampaign,
+        CampaignNotEnrollable,
+        SequenceRuleNotAllowed,
+    ) as exc:
         fail(f"{exc}; nobody was enrolled")
 
 

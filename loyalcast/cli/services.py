@@ -23,6 +23,7 @@ from loyalcast.cli._common import (
     load_settings,
     make_sessions,
     print_channels,
+    warn_rules_not_allowed,
 )
 from loyalcast.settings import Settings, redact_url
 
@@ -84,6 +85,7 @@ def worker(
         f"database {redact_url(settings.effective_database_url)}"
     )
     print_channels(settings)
+    warn_rules_not_allowed(settings)
     sys.stdout.flush()
     argv = [
         sys.executable,
@@ -155,6 +157,7 @@ def run(
     with Embedded(settings, processes=processes, threads=threads) as embedded:
         console.print(f"running on {redact_url(embedded.redis_url)}; Ctrl-C stops")
         print_channels(settings)
+        warn_rules_not_allowed(settings)
         run_scheduler(settings, embedded.redis_url)
 
 
