@@ -26,6 +26,7 @@ from workers.control import pause_campaign
 from workers.delivery import deliver_batch
 from workers.occurrences import ensure_runs
 from workers.planning import plan_run
+from workers.sweeping import sweep
 from workers.triggers import snapshot_and_trigger
 
 from .support import add_member, runtime_for, scripted_channels, sessions_for
@@ -313,6 +314,41 @@ def test_the_campaigns_own_segment_narrows_who_is_triggered(database_url, tmp_pa
     assert rows[rich].status == "pending"
     deliver_batch(rt, [r.id for r in rows.values()])
     assert [m.member_id for m in channels["email"].sent] == [rich]
+
+
+def test_a_row_the_sweeper_releases_before_its_plan_is_still_narrowed(
+    database_url, tmp_path, clock
+):
+    """The tick writes a run's rows before its plan narrows them; a sweep in between
+    enqueues them as it would any row never enqueued. The send-time check narrows them."""
+    sessions = sessions_for(database_url)
+    _platinum(sessions)
+    with sessions.begin() as s:
+        rich = add_member(s, tier="gold", points_balance=5000).id
+        poor = add_member(s, tier="gold", points_balance=10).id
+    _campaign(
+        sessions,
+        tmp_path,
+        extra='segment: {field: points_balance, op: ">=", value: 1000}\n',
+    )
+    _tick(sessions, clock, T0)
+    _set_tier(sessions, rich, "platinum")
+    _set_tier(sessions, poor, "platinum")
+    clock.now = T0 + timedelta(hours=1)
+    tick(sessions, _broker())  # the run is claimed; its plan job has not run yet
+    # When a sweep runs first, and a worker takes the rows it enqueued
+    broker = _broker()
+    channels = scripted_channels()
+    rt = runtime_for(database_url, tmp_path, broker=broker, channels=channels)
+    assert sweep(rt).requeued == 2
+    [message] = broker.queues["deliver"].queue
+    deliver_batch(rt, Message.decode(message).args[0])
+    # Then only the member inside the campaign's segment was sent
+    assert [m.member_id for m in channels["email"].sent] == [rich]
+    with sessions() as s:
+        rows = {r.member_id: r for r in s.scalars(select(Delivery))}
+    assert (rows[poor].status, rows[poor].reason) == ("suppressed", "not_in_segment")
+    rt.close()
 
 
 def test_channels_all_keys_each_channel(database_url, tmp_path, clock):

@@ -35,13 +35,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from segments import Rule, RuleError, compile_rule, parse_rule
+from segments import Rule, RuleError, parse_rule
 from store import (
     ConsentStatus,
     Delivery,
@@ -56,9 +54,8 @@ from .campaigns import CampaignSpec
 from .compose import Closed
 from .ledger import OPEN
 from .policy import ConsentState
-from .runtime import LoadedVersion, Runtime
-
-log = structlog.get_logger(__name__)
+from .rule_checks import RULE_ERROR, matching, rule_error_rows
+from .runtime import Runtime
 
 __all__ = [
     "EXIT_REASON",
@@ -72,8 +69,6 @@ __all__ = [
 EXIT_REASON = "sequence_exit"
 #: The reason on a step skipped by its ``only_if`` / ``unless``.
 STEP_REASON = "step_condition"
-#: The reason on rows failed because one of their campaign's rules no longer parses.
-RULE_ERROR = "rule_error"
 _EXIT_DETAIL = {
     "member_deleted": "left the sequence: member deleted",
     "opted_out": "left the sequence: opted out of every channel it uses",
@@ -125,12 +120,12 @@ def check_sequence_rows(
         try:
             rules = _Rules.parse(spec, rt.program.attributes)
         except RuleError as exc:
-            closed.extend(_unchecked(version, version_rows, exc))
+            closed.extend(rule_error_rows(version, version_rows, exc))
             continue
         channels = sequence_channels(spec)
         exiting: set[int] = set()
         if rules.exit_when is not None:
-            exiting = _matching(session, rules.exit_when, {r.member_id for r in version_rows}, now)
+            exiting = matching(session, rules.exit_when, {r.member_id for r in version_rows}, now)
         for row in version_rows:
             member = members.get(row.member_id)
             if member is None or member.deleted_at is not None:
@@ -155,17 +150,6 @@ def _opted_out_of_all(consents: Mapping[str, ConsentState], channels: Iterable[s
     return bool(names) and all(
         (consent := consents.get(channel)) is not None and consent.status == ConsentStatus.OPTED_OUT
         for channel in names
-    )
-
-
-def _matching(session: Session, rule: Any, member_ids: set[int], now: datetime) -> set[int]:
-    """The members among ``member_ids`` that match ``rule`` now (one query)."""
-    if not member_ids:
-        return set()
-    return set(
-        session.scalars(
-            select(Member.id).where(Member.id.in_(member_ids), compile_rule(rule, now=now))
-        )
     )
 
 
@@ -197,25 +181,6 @@ class _Rules:
         return cls(exit_when, parsed("only_if"), parsed("unless"))
 
 
-def _unchecked(version: LoadedVersion, rows: Sequence[Delivery], error: RuleError) -> list[Closed]:
-    """Fail ``rows``: a rule of their campaign version no longer parses (``error``)."""
-    detail = (
-        f"campaign {version.campaign_name} v{version.version}: {error}; "
-        "the program no longer allows this rule (fix its attributes or the campaign, "
-        f"then: loyalcast deliveries retry --campaign {version.campaign_name} "
-        f"--reason {RULE_ERROR})"
-    )
-    log.error(
-        "sequence rule no longer parses",
-        campaign=version.campaign_name,
-        version=version.version,
-        rule=error.path,
-        problem=error.problem,
-        rows=len(rows),
-    )
-    return [Closed(row.id, DeliveryStatus.FAILED, RULE_ERROR, detail) for row in rows]
-
-
 def _skipped_steps(
     session: Session, rules: _Rules, steps: int, rows: list[Delivery], now: datetime
 ) -> list[Closed]:
@@ -230,11 +195,11 @@ def _skipped_steps(
         member_ids = {row.member_id for row in step_rows}
         skip: dict[int, str] = {}
         if index in rules.only_if:
-            matching = _matching(session, rules.only_if[index], member_ids, now)
-            for member_id in member_ids - matching:
+            held = matching(session, rules.only_if[index], member_ids, now)
+            for member_id in member_ids - held:
                 skip[member_id] = f"step {index + 1} skipped: its only_if rule did not hold"
         if index in rules.unless:
-            for member_id in _matching(session, rules.unless[index], member_ids, now):
+            for member_id in matching(session, rules.unless[index], member_ids, now):
                 skip.setdefault(member_id, f"step {index + 1} skipped: its unless rule held")
         closed.extend(
             Closed(row.id, DeliveryStatus.SUPPRESSED, STEP_REASON, skip[row.member_id])

@@ -33,7 +33,9 @@ Rules:
   member who has left the segment since (as of its latest snapshot) ends
   ``suppressed``, reason ``left_segment`` (:func:`recheck_triggered`).
 - A ``segment`` on the campaign narrows who is triggered (checked by the
-  plan job; the others' rows end ``suppressed``, reason ``not_in_segment``).
+  plan job, and again at send time by :func:`recheck_triggered`, so a row
+  the sweeper released before its plan ran is narrowed too; the others'
+  rows end ``suppressed``, reason ``not_in_segment``).
   A paused campaign is not triggered (members entering while it is paused
   are not sent later); a cancelled one never again.
 """
@@ -49,7 +51,7 @@ import structlog
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from segments import SnapshotDiff, audience_filter, snapshot
+from segments import RuleError, SnapshotDiff, audience_filter, snapshot
 from store import (
     Campaign,
     CampaignRun,
@@ -73,6 +75,7 @@ from .planning import _finish as finish_run  # the kinds' planners build on plan
 from .policy import ConsentState
 from .program import Program
 from .recurrence import since_unchanged
+from .rule_checks import matching, rule_error_rows
 from .runs import write_run
 from .runtime import Runtime
 
@@ -262,17 +265,22 @@ def recheck_triggered(
     consents: Mapping[int, Mapping[str, ConsentState]],
     now: datetime,
 ) -> list[Closed]:
-    """The trigger, checked again at send time: a member who has left the segment since
-    (as of its latest snapshot) is not sent a message about entering it.
+    """The trigger, checked again at send time: a member who has left the watched segment
+    since (as of its latest snapshot) is not sent a message about entering it, and one
+    outside the campaign's own ``segment`` now is not sent either.
 
-    Matters when a row waited (quiet hours, a cap, a paused campaign).
+    Matters when a row waited (quiet hours, a cap, a paused campaign), and
+    for a row released before its plan narrowed it (a sweep between the tick
+    that wrote it and the plan job). A campaign ``segment`` the program no
+    longer allows fails the version's rows (``rule_error``).
     """
+    ended = _outside_campaign_segment(session, rt, rows, now)
+    done = {closed.delivery_id for closed in ended}
     by_segment: dict[str, list[Delivery]] = {}
     for row in rows:
         name = (row.payload or {}).get("segment")
-        if isinstance(name, str):
+        if isinstance(name, str) and row.id not in done:
             by_segment.setdefault(name, []).append(row)
-    ended: list[Closed] = []
     for name, segment_rows in by_segment.items():
         segment_id = session.scalar(select(Segment.id).where(Segment.name == name))
         inside = set(
@@ -333,3 +341,34 @@ def plan_triggered(rt: Runtime, run_id: int, spec: CampaignSpec) -> PlanResult:
         for batch in chunked(ids, rt.settings.batch_size):
             enqueue_deliver(rt.broker, batch)
     return finish_run(rt, run_id, RunStatus.PLANNED, len(ids))
+
+
+def _outside_campaign_segment(
+    session: Session, rt: Runtime, rows: Sequence[Delivery], now: datetime
+) -> list[Closed]:
+    """Rows whose member is not in their campaign's own ``segment`` now (one query a version)."""
+    by_version: dict[int, list[Delivery]] = {}
+    for row in rows:
+        by_version.setdefault(row.campaign_version_id, []).append(row)
+    ended: list[Closed] = []
+    for version_id, version_rows in by_version.items():
+        version = rt.version(version_id)
+        try:
+            rule = segment_rule(version.spec, rt.program)
+        except RuleError as exc:
+            ended.extend(rule_error_rows(version, version_rows, exc))
+            continue
+        if rule is None:
+            continue
+        inside = matching(session, rule, {row.member_id for row in version_rows}, now)
+        ended.extend(
+            Closed(
+                row.id,
+                DeliveryStatus.SUPPRESSED,
+                "not_in_segment",
+                "not in the campaign's segment when the message was due",
+            )
+            for row in version_rows
+            if row.member_id not in inside
+        )
+    return ended
