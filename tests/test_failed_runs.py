@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from loyalcast.cli._common import warn_rules_not_allowed
 from scheduler import claim_due_runs
 from store import CampaignRun, utcnow
 from workers.campaign_checks import rules_not_allowed
@@ -26,7 +27,14 @@ from workers.occurrences import ensure_runs
 from workers.planning import plan_run
 from workers.sweeping import sweep
 
-from .support import OPEN_PROGRAM, add_member, runtime_for, scripted_channels, sessions_for
+from .support import (
+    OPEN_PROGRAM,
+    add_member,
+    runtime_for,
+    scripted_channels,
+    sessions_for,
+    settings_for,
+)
 from .test_cli import _run
 from .test_pipeline import _rows
 from .test_reminders import MONDAY, add_lot, reminder_file
@@ -267,3 +275,18 @@ def test_the_cli_shows_the_error_and_replans(sqlite_url, tmp_path):
     assert replanned.returncode == 0, replanned.stderr
     assert f"run(s) {created.run_id} scheduled again" in replanned.stdout
     assert _run_row(sessions, created.run_id).status == "scheduled"
+
+
+def test_worker_and_run_warn_at_start_of_each_rule_the_program_no_longer_allows(
+    sqlite_url, tmp_path, capsys
+):
+    sessions = sessions_for(sqlite_url)
+    create_campaign(sessions, _broadcast(tmp_path), program=VIP)
+    warn_rules_not_allowed(settings_for(sqlite_url, tmp_path))
+    warning = " ".join(capsys.readouterr().err.split())
+    assert warning.startswith("warning: campaign vip-news v1: segment")
+    assert "loyalcast campaigns replan NAME" in warning
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("attributes:\n  vip: boolean\n")
+    warn_rules_not_allowed(settings_for(sqlite_url, tmp_path, policy_file=policy))
+    assert capsys.readouterr().err == ""
