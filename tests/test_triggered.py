@@ -288,8 +288,11 @@ def test_a_member_reported_both_left_and_entered_is_not_triggered(
     assert [m for _, _, m in _runs(sessions)] == [[entered]]
 
 
-def test_the_campaigns_own_segment_narrows_who_is_triggered(database_url, tmp_path, clock):
-    """An entered member outside the campaign's segment is suppressed, reason not_in_segment."""
+def _rich_and_poor_entered(
+    database_url: str, tmp_path: Path, clock: Clock
+) -> tuple[sessionmaker[Session], int, int]:
+    """A campaign on ``platinum`` narrowed to 1,000+ points; a rich and a poor member
+    entered before the next check, which is now due. Returns (sessions, rich, poor)."""
     sessions = sessions_for(database_url)
     _platinum(sessions)
     with sessions.begin() as s:
@@ -304,6 +307,12 @@ def test_the_campaigns_own_segment_narrows_who_is_triggered(database_url, tmp_pa
     _set_tier(sessions, rich, "platinum")
     _set_tier(sessions, poor, "platinum")
     clock.now = T0 + timedelta(hours=1)
+    return sessions, rich, poor
+
+
+def test_the_campaigns_own_segment_narrows_who_is_triggered(database_url, tmp_path, clock):
+    """An entered member outside the campaign's segment is suppressed, reason not_in_segment."""
+    sessions, rich, poor = _rich_and_poor_entered(database_url, tmp_path, clock)
     (run_id,) = tick(sessions, _broker())
     channels = scripted_channels()
     rt = runtime_for(database_url, tmp_path, channels=channels)
@@ -321,20 +330,7 @@ def test_a_row_the_sweeper_releases_before_its_plan_is_still_narrowed(
 ):
     """The tick writes a run's rows before its plan narrows them; a sweep in between
     enqueues them as it would any row never enqueued. The send-time check narrows them."""
-    sessions = sessions_for(database_url)
-    _platinum(sessions)
-    with sessions.begin() as s:
-        rich = add_member(s, tier="gold", points_balance=5000).id
-        poor = add_member(s, tier="gold", points_balance=10).id
-    _campaign(
-        sessions,
-        tmp_path,
-        extra='segment: {field: points_balance, op: ">=", value: 1000}\n',
-    )
-    _tick(sessions, clock, T0)
-    _set_tier(sessions, rich, "platinum")
-    _set_tier(sessions, poor, "platinum")
-    clock.now = T0 + timedelta(hours=1)
+    sessions, rich, poor = _rich_and_poor_entered(database_url, tmp_path, clock)
     tick(sessions, _broker())  # the run is claimed; its plan job has not run yet
     # When a sweep runs first, and a worker takes the rows it enqueued
     broker = _broker()
