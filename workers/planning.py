@@ -133,11 +133,11 @@ def plan_run(rt: Runtime, run_id: int) -> PlanResult:
     if spec.kind == "expiry_reminder":
         from .reminders import plan_reminders
 
-        return plan_reminders(rt, run_id)
+        return plan_reminders(rt, run_id, rule)
     if spec.kind == "triggered":
         from .triggers import plan_triggered
 
-        return plan_triggered(rt, run_id, spec)
+        return plan_triggered(rt, run_id, rule)
     timing = RunTiming(run_id, due_at, run_wall(spec.schedule, occurrence))
     default_zone = rt.program.default_time_zone
     audience = audience_filter(rule)

@@ -58,7 +58,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from segments import audience_filter
+from segments import Rule, audience_filter
 from segments.expiry import DueReminder, due_reminders, iter_expiring
 from store import (
     Campaign,
@@ -74,7 +74,7 @@ from store.bulk import insert_ignore_many
 from .campaigns import CampaignSpec
 from .jobs import chunked, enqueue_deliver
 from .ledger import deliveries
-from .planning import PlanResult, segment_rule
+from .planning import PlanResult
 from .program import Program
 from .quiet_hours import local_midnight, resolve_zone
 from .reminder_dates import POSTAL_CHANNEL, planning_horizon
@@ -182,8 +182,11 @@ def _leads_over(expiry_date: date, window: _Window, leads: Sequence[int]) -> lis
     return sorted(found, reverse=True)
 
 
-def plan_reminders(rt: Runtime, run_id: int) -> PlanResult:
-    """Write the delivery rows of an expiry-reminder run and enqueue deliver jobs for them."""
+def plan_reminders(rt: Runtime, run_id: int, rule: Rule | None) -> PlanResult:
+    """Write the delivery rows of an expiry-reminder run and enqueue deliver jobs for them.
+
+    ``rule`` is the campaign's own segment, parsed by :func:`workers.planning.plan_run`.
+    """
     with rt.sessions.begin() as session:  # claimed_at: the sweeper leaves this plan its lease
         run = session.execute(
             update(CampaignRun)
@@ -200,7 +203,7 @@ def plan_reminders(rt: Runtime, run_id: int) -> PlanResult:
     batches: list[list[int]] = []
     try:
         with rt.sessions.begin() as session:
-            for new_ids in _write(session, rt, run_id, version, window):
+            for new_ids in _write(session, rt, run_id, version, window, rule):
                 written += len(new_ids)
                 batches.append(new_ids)
             planned = session.execute(
@@ -226,13 +229,17 @@ def plan_reminders(rt: Runtime, run_id: int) -> PlanResult:
 
 
 def _write(
-    session: Session, rt: Runtime, run_id: int, version: LoadedVersion, window: _Window
+    session: Session,
+    rt: Runtime,
+    run_id: int,
+    version: LoadedVersion,
+    window: _Window,
+    rule: Rule | None,
 ) -> Iterator[list[int]]:
     """Write the rows chunk by chunk through ``session``; yield each chunk's new ids."""
     spec = version.spec
     channels = spec.channel_list
     per_channel = spec.sends_on_every_channel
-    rule = segment_rule(spec, rt.program)
     batch = rt.settings.batch_size
     size = max(batch // len(channels) if per_channel else batch, 1)
     for chunk in chunked(_due(session, window, spec, rt.program), size):

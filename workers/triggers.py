@@ -51,7 +51,7 @@ import structlog
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from segments import RuleError, SnapshotDiff, audience_filter, snapshot
+from segments import Rule, RuleError, SnapshotDiff, audience_filter, snapshot
 from store import (
     Campaign,
     CampaignRun,
@@ -304,17 +304,17 @@ def recheck_triggered(
     return ended
 
 
-def plan_triggered(rt: Runtime, run_id: int, spec: CampaignSpec) -> PlanResult:
+def plan_triggered(rt: Runtime, run_id: int, rule: Rule | None) -> PlanResult:
     """The plan job of a triggered run: its rows exist already; narrow them, enqueue, finish.
 
     A campaign's own ``segment`` narrows who is triggered: rows of members
     outside it are closed here (``suppressed``, reason ``not_in_segment``),
-    where the program's declared attributes are at hand.
+    where the program's declared attributes are at hand (``rule``, parsed
+    by :func:`workers.planning.plan_run`).
     """
     now = utcnow()
     mine = (Delivery.run_id == run_id) & (Delivery.status == DeliveryStatus.PENDING)
     with rt.sessions.begin() as session:
-        rule = segment_rule(spec, rt.program)
         if rule is not None:
             inside = select(Member.id).where(
                 Member.id == Delivery.member_id, audience_filter(rule, now=now)
