@@ -18,7 +18,7 @@ from sqlalchemy import update
 
 from loyalcast.cli._common import warn_rules_not_allowed
 from scheduler import claim_due_runs
-from store import CampaignRun, utcnow
+from store import CampaignRun, Delivery, utcnow
 from workers.campaign_checks import rules_not_allowed
 from workers.catalog import campaign_status, create_campaign
 from workers.control import cancel_campaign, pause_campaign, replan_campaign, resume_campaign
@@ -290,3 +290,29 @@ def test_worker_and_run_warn_at_start_of_each_rule_the_program_no_longer_allows(
     policy.write_text("attributes:\n  vip: boolean\n")
     warn_rules_not_allowed(settings_for(sqlite_url, tmp_path, policy_file=policy))
     assert capsys.readouterr().err == ""
+
+
+def test_a_failed_run_with_rows_out_keeps_its_own_version(database_url, tmp_path):
+    """Rows already out (here one waiting, deferred with no reason) were planned under v1."""
+    sessions, created, members, stale, _ = _failed_broadcast(database_url, tmp_path)
+    with sessions.begin() as s:
+        run = s.get(CampaignRun, created.run_id)
+        s.add(
+            Delivery(
+                dedupe_key=f"broadcast:{run.id}:{members[0]}",
+                campaign_id=run.campaign_id,
+                campaign_version_id=run.campaign_version_id,
+                run_id=run.id,
+                member_id=members[0],
+                category="marketing",
+                channels="email",
+                status="deferred",
+                not_before=utcnow() + timedelta(hours=1),
+            )
+        )
+        v1 = run.campaign_version_id
+    tier = "{field: tier, op: '=', value: gold}"
+    assert create_campaign(sessions, _broadcast(tmp_path, tier), program=VIP).version == 2
+    assert replan_campaign(sessions, "vip-news", VIP) == [created.run_id]
+    assert _run_row(sessions, created.run_id).campaign_version_id == v1
+    stale.close()

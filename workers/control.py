@@ -236,7 +236,12 @@ def replan_campaign(sessions: sessionmaker[Session], name: str, program: Program
         if campaign.status == CampaignStatus.CANCELLED:
             raise ValueError(f"campaign {name!r} is cancelled")
         held = (Delivery.status == DeliveryStatus.DEFERRED) & (Delivery.reason == RUN_FAILED)
-        released = exists().where(Delivery.run_id == CampaignRun.id, ~held)
+        not_held = or_(
+            Delivery.status != DeliveryStatus.DEFERRED,
+            Delivery.reason.is_(None),  # NOT (... = NULL) would be NULL, not true
+            Delivery.reason != RUN_FAILED,
+        )
+        released = exists().where(Delivery.run_id == CampaignRun.id, not_held)
         runs = session.execute(
             select(CampaignRun.id, CampaignRun.campaign_version_id, released)
             .where(CampaignRun.campaign_id == campaign.id, CampaignRun.status == RunStatus.FAILED)

@@ -53,9 +53,10 @@ def warn_rules_not_allowed(settings: Settings) -> None:
     found = rules_not_allowed(make_sessions(settings), load_program(settings))
     for problem in found:
         errors.print(
-            f"warning: {problem}: the program no longer allows this rule; its runs fail "
-            "to plan until it does (declare the attribute again, or update the campaign, "
-            "then `loyalcast campaigns replan NAME`)",
+            f"warning: {problem}: the program no longer allows this rule; until it does, "
+            "the campaign's runs fail to plan and its rows fail (rule_error). Declare the "
+            "attribute again, or update the campaign, then `loyalcast campaigns replan NAME` "
+            "(and `loyalcast deliveries retry --campaign NAME --reason rule_error`)",
             markup=False,
         )
 
