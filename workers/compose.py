@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from channels import Message
@@ -26,6 +26,7 @@ from store import CampaignStatus, Delivery, DeliveryStatus, Member, PushToken
 from templates import TemplateError
 
 from .context import member_context, trigger_context
+from .ledger import HOLD
 from .policy import ConsentState, Skip, route
 from .quiet_hours import describe, next_opening
 from .reminder_dates import lead_date_wait, reminder_deadline
@@ -33,11 +34,6 @@ from .runtime import LoadedVersion, Runtime
 from .unsubscribe import unsubscribe_url
 
 __all__ = ["Closed", "Deferred", "compose"]
-
-
-#: A paused campaign's rows wait this long before the deliver job looks again
-#: (resume makes them due at once).
-PAUSED_RECHECK = timedelta(days=3650)
 
 
 @dataclass(frozen=True)
@@ -79,7 +75,7 @@ def compose(
     if campaign_status == CampaignStatus.CANCELLED:
         return Closed(row.id, DeliveryStatus.SUPPRESSED, "cancelled", "campaign cancelled")
     if campaign_status == CampaignStatus.PAUSED:
-        return Deferred(row.id, now + PAUSED_RECHECK, "paused", "campaign paused")
+        return Deferred(row.id, now + HOLD, "paused", "campaign paused")
     if member is None or member.deleted_at is not None:
         return Closed(row.id, DeliveryStatus.SUPPRESSED, "member_deleted", "member deleted")
     if version is None:

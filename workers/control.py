@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
 import dramatiq
 import structlog
@@ -43,7 +42,7 @@ from store import (
 
 from .campaigns import CampaignSpec
 from .jobs import chunked, enqueue_deliver
-from .ledger import OPEN, RUN_FAILED
+from .ledger import HOLD, OPEN, RUN_FAILED
 from .planning import segment_rule
 from .program import Program
 
@@ -167,7 +166,7 @@ def pause_campaign(sessions: sessionmaker[Session], name: str) -> int:
                     status=DeliveryStatus.DEFERRED,
                     reason="paused",
                     detail=f"campaign paused {now:%Y-%m-%d %H:%M}Z",
-                    not_before=now + timedelta(days=3650),
+                    not_before=now + HOLD,
                     enqueued_at=None,
                     updated_at=now,
                 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, or_
@@ -22,6 +22,7 @@ from store.bulk import unindexed, update_many
 
 __all__ = [
     "HELD",
+    "HOLD",
     "OPEN",
     "RUN_FAILED",
     "DeliverResult",
@@ -43,6 +44,10 @@ RUN_FAILED = "run_failed"
 
 #: Reasons of ``deferred`` rows that wait for an operator, not for a time.
 HELD = ("paused", RUN_FAILED)
+
+#: How far ahead such rows are due (never, in practice): resume or replan
+#: makes them due at once.
+HOLD = timedelta(days=3650)
 
 #: The deliveries table, for Core UPDATEs of many rows.
 deliveries = cast(Table, Delivery.__table__)

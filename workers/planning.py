@@ -30,7 +30,6 @@ retry and every re-plan of the sweeper. ``loyalcast campaigns replan NAME``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -52,7 +51,7 @@ from store.bulk import insert_ignore_many
 
 from .campaigns import CampaignSpec
 from .jobs import enqueue_deliver
-from .ledger import RUN_FAILED, deliveries
+from .ledger import HOLD, RUN_FAILED, deliveries
 from .program import Program
 from .recurrence import run_wall
 from .runtime import LoadedVersion, Runtime
@@ -61,9 +60,6 @@ from .timing import RunTiming, row_timing
 __all__ = ["PlanResult", "dedupe_key", "plan_run", "segment_rule"]
 
 log = structlog.get_logger(__name__)
-
-#: How far ahead rows held for an operator are due (never, in practice).
-HOLD = timedelta(days=3650)
 
 
 @dataclass(frozen=True)
