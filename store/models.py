@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -386,6 +387,19 @@ class CampaignRun(Base):
     )
 
 
+# On PostgreSQL the indexes that find open work hold only the rows they are
+# asked for (partial indexes, migration 0008): waiting rows for the sweeper,
+# sending rows for the lease expiry, failed rows for `deliveries retry`, rows
+# with a provider id for webhooks, sequence steps by enrollment. A row leaves
+# them once it is sent, so the ledger's final rows cost no entries there and a
+# message's three writes (planned, claimed, recorded) insert 16 index entries
+# instead of 27. Each query of open work names the status or column that the
+# predicate names, which is how PostgreSQL proves it may use the index
+# (tests/test_store_indexes.py). SQLite keeps whole indexes.
+_WAITING = "status IN ('pending', 'deferred')"
+_WAITING_OR_FAILED = "status IN ('pending', 'deferred', 'failed')"
+
+
 class Delivery(Base):
     """One message to one member: the outbox row before sending, the ledger entry after."""
 
@@ -423,13 +437,15 @@ class Delivery(Base):
     )
 
     __table_args__ = (
-        Index(None, "enrollment_id"),
-        Index(None, "status", "enqueued_at"),
-        Index(None, "status", "not_before"),
-        Index(None, "status", "lease_until"),
+        Index(None, "enrollment_id", postgresql_where=text("enrollment_id IS NOT NULL")),
+        Index(None, "status", "enqueued_at", postgresql_where=text(_WAITING)),
+        Index(None, "status", "not_before", postgresql_where=text(_WAITING_OR_FAILED)),
+        Index(None, "status", "lease_until", postgresql_where=text("status = 'sending'")),
         Index(None, "run_id", "status"),
         Index(None, "member_id", "created_at"),
-        Index(None, "provider_message_id"),
+        Index(
+            None, "provider_message_id", postgresql_where=text("provider_message_id IS NOT NULL")
+        ),
     )
 
 

@@ -1,0 +1,189 @@
+"""The ledger's indexes of open work on PostgreSQL (migration 0008).
+
+The sweeper, the lease expiry, retries, pause, resume, cancel and the
+provider webhooks each look for a few rows of one kind among millions. Their
+indexes are partial: they hold only rows in the statuses (or with the
+column) they are asked about, so a sent row costs no entry in them. These
+tests check what the indexes are, that each query of open work can still be
+answered through an index (PostgreSQL must prove the predicate from the
+query's own conditions, bound parameters included), and that the migration
+goes down and up again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from alembic import command
+from sqlalchemy import Engine, event, text, update
+
+from scheduler import claim_due_runs
+from store import Delivery, DeliveryStatus, make_engine, utcnow
+from store.migrate import alembic_config, upgrade
+from workers.control import cancel_campaign, pause_campaign, resume_campaign
+from workers.feedback import apply_provider_status
+from workers.planning import plan_run
+from workers.retry import retry_failed
+from workers.sweeping import sweep
+
+from .conftest import PG_ADMIN_URL, require_postgres
+from .support import add_member, create, runtime_for, sessions_for, write_campaign
+
+pytestmark = pytest.mark.postgres
+
+#: index name -> the rows it holds: the statuses, or the column that is not null
+PARTIAL: dict[str, set[str] | str] = {
+    "ix_deliveries_status_enqueued_at": {"pending", "deferred"},
+    "ix_deliveries_status_not_before": {"pending", "deferred", "failed"},
+    "ix_deliveries_status_lease_until": {"sending"},
+    "ix_deliveries_provider_message_id": "provider_message_id IS NOT NULL",
+    "ix_deliveries_enrollment_id": "enrollment_id IS NOT NULL",
+}
+FULL = {"ix_deliveries_run_id_status", "ix_deliveries_member_id_created_at"}
+
+
+def _indexes(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(
+            conn.execute(
+                text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'deliveries'")
+            ).all()
+        )
+
+
+def _holds(definition: str) -> set[str] | str | None:
+    """What an index's ``WHERE`` admits: the statuses it names, or its condition; None if whole."""
+    _, where, predicate = definition.partition(" WHERE ")
+    if not where:
+        return None
+    if "status" in predicate:
+        return set(re.findall(r"'(\w+)'", predicate))
+    return predicate.strip("()")
+
+
+def test_the_indexes_of_open_work_hold_only_open_rows(pg_url):
+    """Five indexes are partial, each on what its queries ask for; the rest are whole."""
+    engine = make_engine(pg_url)
+    try:
+        indexes = _indexes(engine)
+    finally:
+        engine.dispose()
+    assert {name: _holds(indexes[name]) for name in PARTIAL} == PARTIAL
+    assert {name: _holds(indexes[name]) for name in FULL} == dict.fromkeys(FULL)
+
+
+@contextlib.contextmanager
+def _statements_on_deliveries() -> Iterator[list[tuple[str, object]]]:
+    """Every statement any engine sends that reads or writes ``deliveries``."""
+    seen: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "deliveries" in statement and not executemany:
+            seen.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def _plans(pg_url: str, statements: list[tuple[str, object]]) -> list[tuple[str, str]]:
+    """(statement, plan) of each statement, planned as if no table could be read whole."""
+    engine = make_engine(pg_url)
+    plans = []
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            for statement, parameters in statements:
+                rows = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).all()
+                plans.append((statement, "\n".join(row[0] for row in rows)))
+            conn.rollback()
+    finally:
+        engine.dispose()
+    return plans
+
+
+def test_the_queries_of_open_work_are_answered_through_an_index(pg_url, tmp_path):
+    """The sweeper, leases, retry, pause, resume, cancel and webhooks never scan the ledger."""
+    # Given a planned broadcast with rows pending, deferred, sending past their
+    # lease, failed, and sent with a provider id
+    sessions = sessions_for(pg_url)
+    with sessions.begin() as s:
+        for _ in range(5):
+            add_member(s)
+    created = create(sessions, write_campaign(tmp_path))
+    assert claim_due_runs(sessions) == [created.run_id]
+    rt = runtime_for(pg_url, tmp_path)
+    plan_run(rt, created.run_id)
+    now = utcnow()
+    with sessions.begin() as s:
+        ids = sorted(s.scalars(text("SELECT id FROM deliveries")).all())
+        states = [
+            {"status": DeliveryStatus.DEFERRED, "not_before": now - timedelta(minutes=1)},
+            {"status": DeliveryStatus.SENDING, "lease_until": now - timedelta(minutes=1)},
+            {"status": DeliveryStatus.FAILED, "reason": "provider:500"},
+            {"status": DeliveryStatus.SENT, "provider_message_id": "SM123"},
+        ]
+        for delivery_id, values in zip(ids, states, strict=False):
+            s.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+    # When each of them runs, its statements recorded
+    with _statements_on_deliveries() as statements:
+        sweep(rt)
+        with sessions.begin() as s:
+            apply_provider_status(s, provider_message_id="SM123", status=DeliveryStatus.DELIVERED)
+        retry_failed(sessions, "test-broadcast")
+        pause_campaign(sessions, "test-broadcast")
+        resume_campaign(sessions, "test-broadcast")
+        cancel_campaign(sessions, "test-broadcast", timeout=5)
+    # Then, with sequential scans off, none of them reads the table whole, and
+    # each partial index serves at least one of them
+    plans = _plans(pg_url, statements)
+    assert len(plans) >= 8
+    scanned = [(s, p) for s, p in plans if "Seq Scan on deliveries" in p]
+    assert scanned == []
+    used = {name for _, plan in plans for name in PARTIAL if name in plan}
+    assert used == set(PARTIAL)
+
+
+@pytest.fixture
+def own_pg_url() -> Iterator[str]:
+    """A migrated PostgreSQL database of this test's own (it migrates down and up)."""
+    require_postgres()
+    name = f"loyalcast_test_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def test_the_migration_goes_down_to_whole_indexes_and_up_again(own_pg_url):
+    """Up: five partial indexes; down: whole again; up again, even after a killed upgrade."""
+    engine = make_engine(own_pg_url)
+    config = alembic_config(engine)
+    try:
+        upgrade(engine)
+        up = _indexes(engine)
+        command.downgrade(config, "0007")
+        down = _indexes(engine)
+        # an upgrade killed between dropping an index and building it again
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP INDEX ix_deliveries_status_lease_until")
+        upgrade(engine)
+        again = _indexes(engine)
+    finally:
+        engine.dispose()
+    assert {name: _holds(up[name]) for name in PARTIAL} == PARTIAL
+    assert {name: _holds(down[name]) for name in PARTIAL} == dict.fromkeys(PARTIAL)
+    assert again == up
