@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -31,7 +30,7 @@ from workers.planning import plan_run
 from workers.retry import retry_failed
 from workers.sweeping import sweep
 
-from .conftest import PG_ADMIN_URL, require_postgres
+from .conftest import own_pg_database
 from .support import add_member, create, runtime_for, sessions_for, write_campaign
 
 pytestmark = pytest.mark.postgres
@@ -154,18 +153,8 @@ def test_the_queries_of_open_work_are_answered_through_an_index(pg_url, tmp_path
 @pytest.fixture
 def own_pg_url() -> Iterator[str]:
     """A migrated PostgreSQL database of this test's own (it migrates down and up)."""
-    require_postgres()
-    name = f"loyalcast_test_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with own_pg_database() as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def test_the_migration_goes_down_to_whole_indexes_and_up_again(own_pg_url):
