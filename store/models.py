@@ -395,7 +395,7 @@ class CampaignRun(Base):
 # message's three writes (planned, claimed, recorded) insert 16 index entries
 # instead of 27. Each query of open work names the status or column that the
 # predicate names, which is how PostgreSQL proves it may use the index
-# (tests/test_store_indexes.py). SQLite keeps whole indexes.
+# (tests/test_store_migrations.py). SQLite keeps whole indexes.
 _WAITING = "status IN ('pending', 'deferred')"
 _WAITING_OR_FAILED = "status IN ('pending', 'deferred', 'failed')"
 

@@ -16,7 +16,7 @@ plan's insert and from 122-137 to 91-122 us for the deliver job.
 
 Every query that used these indexes names the status or the column that the
 predicate names, so PostgreSQL proves the predicate from the query and keeps
-using them (``tests/test_store_indexes.py`` checks each with sequential
+using them (``tests/test_store_migrations.py`` checks each with sequential
 scans disabled). SQLite keeps whole indexes: nothing changes there.
 
 The indexes are rebuilt with ``CREATE INDEX CONCURRENTLY``, outside a

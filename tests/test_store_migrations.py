@@ -1,4 +1,4 @@
-"""The ledger's indexes of open work on PostgreSQL (migration 0008).
+"""Migrations on PostgreSQL: the ledger's indexes of open work (0008), and one upgrade at a time.
 
 The sweeper, the lease expiry, retries, pause, resume, cancel and the
 provider webhooks each look for a few rows of one kind among millions. Their
@@ -6,24 +6,27 @@ indexes are partial: they hold only rows in the statuses (or with the
 column) they are asked about, so a sent row costs no entry in them. These
 tests check what the indexes are, that each query of open work can still be
 answered through an index (PostgreSQL must prove the predicate from the
-query's own conditions, bound parameters included), and that the migration
-goes down and up again.
+query's own conditions, bound parameters included), that the migration goes
+down and up again, and that processes starting together upgrade one after
+another (``store.migrate.migration_lock``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event, text, update
 
 from scheduler import claim_due_runs
 from store import Delivery, DeliveryStatus, make_engine, utcnow
-from store.migrate import alembic_config, upgrade
+from store.migrate import MIGRATION_LOCK, alembic_config, current_revision, upgrade
 from workers.control import cancel_campaign, pause_campaign, resume_campaign
 from workers.feedback import apply_provider_status
 from workers.planning import plan_run
@@ -176,3 +179,31 @@ def test_the_migration_goes_down_to_whole_indexes_and_up_again(own_pg_url):
     assert {name: _holds(up[name]) for name in PARTIAL} == PARTIAL
     assert {name: _holds(down[name]) for name in PARTIAL} == dict.fromkeys(PARTIAL)
     assert again == up
+
+
+def test_an_upgrade_waits_while_another_process_upgrades(own_pg_url):
+    """With the upgrade lock held elsewhere, an upgrade waits, then migrates once it is free."""
+    # Given a database one revision behind, and another process holding the lock
+    engine = make_engine(own_pg_url)
+    config = alembic_config(engine)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    command.downgrade(config, "0007")
+    other = make_engine(own_pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        with other.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            # When this process upgrades
+            upgrading = threading.Thread(target=upgrade, args=(engine,), daemon=True)
+            upgrading.start()
+            upgrading.join(1.5)
+            # Then it waits, changing nothing, until the other lets go
+            assert upgrading.is_alive()
+            assert current_revision(engine) == "0007"
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+            upgrading.join(60)
+        assert not upgrading.is_alive()
+        assert current_revision(engine) == head
+        assert {name: _holds(_indexes(engine)[name]) for name in PARTIAL} == PARTIAL
+    finally:
+        other.dispose()
+        engine.dispose()
