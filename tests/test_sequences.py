@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
+from scheduler import claim_due_runs
 from store import Delivery, Enrollment, Member, set_clock
-from workers.catalog import create_campaign
+from workers.catalog import campaign_status, create_campaign
 from workers.delivery import deliver_batch
+from workers.planning import plan_run
 from workers.retry import retry_failed
 from workers.sequences import (
     CampaignNotEnrollable,
@@ -32,6 +34,7 @@ from .support import (
     runtime_for,
     scripted_channels,
     sessions_for,
+    write_campaign,
 )
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -478,3 +481,32 @@ def test_a_step_rule_the_program_no_longer_allows_fails_its_rows_with_the_reason
         assert s.get(Delivery, failed.id).status == "sent"
     stale.close()
     fixed.close()
+
+
+def test_campaign_status_counts_the_sequences_rows_and_no_other_campaigns(world, tmp_path):
+    """`campaigns status` counts a sequence's rows by enrollment, a broadcast's by run."""
+    # Given two members enrolled (the second without email consent), the first
+    # step due, and a broadcast planned to the same members
+    first = world.member()
+    second = world.member(consents={"sms": "opted_in"})
+    world.enroll(first, second)
+    broadcast = create(world.sessions, write_campaign(tmp_path))
+    assert claim_due_runs(world.sessions) == [broadcast.run_id]
+    plan_run(world.rt, broadcast.run_id)
+    # When each campaign's status is read
+    reports = {
+        name: campaign_status(world.sessions, name, rates={})
+        for name in ("welcome", "test-broadcast")
+    }
+    # Then each counts its own rows, per status and reason
+    for name, created in (("welcome", world.created), ("test-broadcast", broadcast)):
+        with world.sessions() as s:
+            own = s.execute(
+                select(Delivery.status, Delivery.reason, func.count())
+                .where(Delivery.campaign_id == created.campaign_id)
+                .group_by(Delivery.status, Delivery.reason)
+            ).all()
+        expected = sorted(((st, r, n) for st, r, n in own), key=lambda c: (c[0], c[1] or ""))
+        assert reports[name].counts == expected
+    assert ("sent", None, 1) in reports["welcome"].counts
+    assert reports["test-broadcast"].counts == [("pending", None, 2)]

@@ -1,7 +1,8 @@
 """Migrations on PostgreSQL: the ledger's indexes of open work (0008), and one upgrade at a time.
 
-The sweeper, the lease expiry, retries, pause, resume, cancel and the
-provider webhooks each look for a few rows of one kind among millions. Their
+The sweeper, the lease expiry, retries, pause, resume, cancel, campaign
+status and the provider webhooks each look for a few rows of one kind (or
+one campaign's) among millions. Their
 indexes are partial: they hold only rows in the statuses (or with the
 column) they are asked about, so a sent row costs no entry in them. These
 tests check what the indexes are, that each query of open work can still be
@@ -27,6 +28,7 @@ from sqlalchemy import Engine, event, text, update
 from scheduler import claim_due_runs
 from store import Delivery, DeliveryStatus, make_engine, utcnow
 from store.migrate import MIGRATION_LOCK, alembic_config, current_revision, upgrade
+from workers.catalog import campaign_status
 from workers.control import cancel_campaign, pause_campaign, resume_campaign
 from workers.feedback import apply_provider_status
 from workers.planning import plan_run
@@ -112,7 +114,7 @@ def _plans(pg_url: str, statements: list[tuple[str, object]]) -> list[tuple[str,
 
 
 def test_the_queries_of_open_work_are_answered_through_an_index(pg_url, tmp_path):
-    """The sweeper, leases, retry, pause, resume, cancel and webhooks never scan the ledger."""
+    """The sweeper, leases, retry, pause, resume, cancel, status, webhooks never scan the ledger."""
     # Given a planned broadcast with rows pending, deferred, sending past their
     # lease, failed, and sent with a provider id
     sessions = sessions_for(pg_url)
@@ -143,6 +145,7 @@ def test_the_queries_of_open_work_are_answered_through_an_index(pg_url, tmp_path
         pause_campaign(sessions, "test-broadcast")
         resume_campaign(sessions, "test-broadcast")
         cancel_campaign(sessions, "test-broadcast", timeout=5)
+        campaign_status(sessions, "test-broadcast", rates={})
     # Then, with sequential scans off, none of them reads the table whole, and
     # each partial index serves at least one of them
     plans = _plans(pg_url, statements)

@@ -16,13 +16,14 @@ still-scheduled run whose instant changed is replaced.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from loyalcast.settings import Settings
@@ -32,6 +33,7 @@ from store import (
     CampaignStatus,
     CampaignVersion,
     Delivery,
+    Enrollment,
     RunStatus,
     insert_ignore,
     utcnow,
@@ -301,20 +303,38 @@ def campaign_status(
             }
             for run in latest
         ]
-        counts = [
-            (status, reason, int(n))
-            for status, reason, n in session.execute(
-                select(Delivery.status, Delivery.reason, func.count())
-                .where(Delivery.campaign_id == campaign.id)
-                .group_by(Delivery.status, Delivery.reason)
-                .order_by(Delivery.status, Delivery.reason)
-            ).all()
-        ]
         return CampaignStatusReport(
             campaign.name,
             campaign.status,
             campaign.current_version,
             runs,
-            counts,
+            _ledger_counts(session, campaign.id),
             runs_total=int(runs_total or 0),
         )
+
+
+def _ledger_counts(session: Session, campaign_id: int) -> list[tuple[str, str | None, int]]:
+    """A campaign's rows per status and reason, ordered, found through its runs and enrollments.
+
+    Every row belongs to a run or, for a welcome sequence, to an enrollment,
+    and both are indexed by campaign; the rows' own ``campaign_id`` is not
+    indexed, so filtering on it would read the whole ledger, every
+    campaign's rows of every year, on each status call.
+    """
+    runs = select(CampaignRun.id).where(CampaignRun.campaign_id == campaign_id)
+    enrollments = select(Enrollment.id).where(Enrollment.campaign_id == campaign_id)
+    counts: Counter[tuple[str, str | None]] = Counter()
+    for mine in (
+        Delivery.run_id.in_(runs),
+        and_(Delivery.run_id.is_(None), Delivery.enrollment_id.in_(enrollments)),
+    ):
+        for status, reason, n in session.execute(
+            select(Delivery.status, Delivery.reason, func.count())
+            .where(mine)
+            .group_by(Delivery.status, Delivery.reason)
+        ):
+            counts[(status, reason)] += int(n)
+    return sorted(
+        ((status, reason, n) for (status, reason), n in counts.items()),
+        key=lambda count: (count[0], count[1] or ""),
+    )
