@@ -438,7 +438,7 @@ class Delivery(Base):
 
     __table_args__ = (
         Index(None, "enrollment_id", postgresql_where=text("enrollment_id IS NOT NULL")),
-        Index(None, "status", "enqueued_at", postgresql_where=text(_WAITING)),
+        Index(None, "status", "enqueued_at", "not_before", postgresql_where=text(_WAITING)),
         Index(None, "status", "not_before", postgresql_where=text(_WAITING_OR_FAILED)),
         Index(None, "status", "lease_until", postgresql_where=text("status = 'sending'")),
         Index(None, "run_id", "status"),

@@ -356,6 +356,48 @@ def test_sweep_requeues_lost_rows_and_expires_leases(database_url, tmp_path):
     assert len(broker.queues["plan"].queue) == 1
 
 
+def test_sweep_requeues_exactly_the_open_rows_that_are_due_and_not_held(database_url, tmp_path):
+    """Every mix of status, enqueue age and not_before: requeued iff open, due and not held."""
+    # Given one row for each status (open and not), enqueue (never, live,
+    # lost) and not_before (none, past, future)
+    statuses = [DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENT]
+    now = utcnow()
+    enqueues = {
+        "never": None,
+        "live": now - timedelta(seconds=10),
+        "lost": now - timedelta(hours=1),
+    }
+    waits = {"none": None, "past": now - timedelta(seconds=1), "future": now + timedelta(hours=1)}
+    cases = [
+        (status, enqueued, wait) for status in statuses for enqueued in enqueues for wait in waits
+    ]
+    sessions, _ids, run_id = _planned(database_url, tmp_path, members=len(cases))
+    plan_run(runtime_for(database_url, tmp_path), run_id)
+    rows = _rows(sessions)
+    with sessions.begin() as s:
+        for row, (status, enqueued, wait) in zip(rows, cases, strict=True):
+            s.execute(
+                update(Delivery)
+                .where(Delivery.id == row.id)
+                .values(status=status, enqueued_at=enqueues[enqueued], not_before=waits[wait])
+            )
+    broker = StubBroker()
+    broker.declare_queue("deliver")
+    rt = runtime_for(database_url, tmp_path, broker=broker, lease_seconds=60, batch_size=100)
+    # When the sweeper runs
+    result = sweep(rt)
+    # Then it enqueued the open rows whose time has come and whose job is not
+    # live, each once, and no other
+    expected = [
+        row.id
+        for row, (status, enqueued, wait) in zip(rows, cases, strict=True)
+        if status != DeliveryStatus.SENT and enqueued != "live" and wait != "future"
+    ]
+    assert len(expected) == 8
+    assert result.requeued == len(expected)
+    assert _job_args(broker, "deliver") == [expected]
+
+
 def test_due_runs_are_claimed_once_even_by_concurrent_schedulers(database_url, tmp_path):
     """Many claimers racing over the same due runs claim each run exactly once."""
     from concurrent.futures import ThreadPoolExecutor

@@ -42,13 +42,15 @@ pytestmark = pytest.mark.postgres
 
 #: index name -> the rows it holds: the statuses, or the column that is not null
 PARTIAL: dict[str, set[str] | str] = {
-    "ix_deliveries_status_enqueued_at": {"pending", "deferred"},
+    "ix_deliveries_status_enqueued_at_not_before": {"pending", "deferred"},
     "ix_deliveries_status_not_before": {"pending", "deferred", "failed"},
     "ix_deliveries_status_lease_until": {"sending"},
     "ix_deliveries_provider_message_id": "provider_message_id IS NOT NULL",
     "ix_deliveries_enrollment_id": "enrollment_id IS NOT NULL",
 }
 FULL = {"ix_deliveries_run_id_status", "ix_deliveries_member_id_created_at"}
+#: the names the same indexes had before 0009 (the sweeper's index gained ``not_before``)
+BEFORE_0009 = {"ix_deliveries_status_enqueued_at_not_before": "ix_deliveries_status_enqueued_at"}
 
 
 def _indexes(engine: Engine) -> dict[str, str]:
@@ -156,6 +158,70 @@ def test_the_queries_of_open_work_are_answered_through_an_index(pg_url, tmp_path
     assert used == set(PARTIAL)
 
 
+def _rows_discarded(plan: dict) -> int:
+    """Rows of ``deliveries`` a plan read and threw away (filters and rechecks, every node)."""
+    discarded = 0
+    if plan.get("Relation Name") == "deliveries":
+        for key in ("Rows Removed by Filter", "Rows Removed by Index Recheck"):
+            discarded += plan.get(key, 0) * plan.get("Actual Loops", 1)
+    return discarded + sum(_rows_discarded(child) for child in plan.get("Plans", []))
+
+
+def test_a_sweep_reads_only_the_rows_it_requeues(pg_url, tmp_path):
+    """Rows in flight and rows waiting for a later time are not read by the sweeper at all."""
+    # Given a broadcast mostly in flight (enqueued a moment ago), many rows
+    # deferred to later, and a few rows of each kind the sweeper is for
+    sessions = sessions_for(pg_url)
+    with sessions.begin() as s:
+        for _ in range(215):
+            add_member(s)
+    created = create(sessions, write_campaign(tmp_path))
+    assert claim_due_runs(sessions) == [created.run_id]
+    rt = runtime_for(pg_url, tmp_path, lease_seconds=60)
+    plan_run(rt, created.run_id)
+    now = utcnow()
+    kinds = [
+        (100, {"enqueued_at": now - timedelta(seconds=5)}),  # in flight
+        (100, {"status": DeliveryStatus.DEFERRED, "not_before": now + timedelta(hours=1)}),
+        (5, {"enqueued_at": now - timedelta(minutes=5)}),  # its job lost
+        (5, {"status": DeliveryStatus.DEFERRED, "not_before": now - timedelta(seconds=1)}),
+        (5, {}),  # released by an expired lease (resend): never enqueued since
+    ]
+    with sessions.begin() as s:
+        ids = iter(sorted(s.scalars(text("SELECT id FROM deliveries")).all()))
+        for count, values in kinds:
+            chunk = [next(ids) for _ in range(count)]
+            s.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(chunk))
+                .values(**{"enqueued_at": None, "not_before": None, **values})
+            )
+        s.execute(text("ANALYZE deliveries"))
+    # When the sweeper runs, the statements it looks for due rows with recorded
+    with _statements_on_deliveries() as statements:
+        assert sweep(rt).requeued == 15
+    lookups = [(sql, p) for sql, p in statements if sql.startswith("SELECT deliveries.id")]
+    assert lookups
+    # Then, planned as on a ledger too big to read whole, none of them reads a
+    # row it does not return (run again now, they find nothing and read nothing)
+    engine = make_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            discarded = [
+                _rows_discarded(
+                    conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", p).scalar()[0][
+                        "Plan"
+                    ]
+                )
+                for sql, p in lookups
+            ]
+            conn.rollback()
+    finally:
+        engine.dispose()
+    assert discarded == [0] * len(lookups)
+
+
 @pytest.fixture
 def own_pg_url() -> Iterator[str]:
     """A migrated PostgreSQL database of this test's own (it migrates down and up)."""
@@ -164,7 +230,7 @@ def own_pg_url() -> Iterator[str]:
 
 
 def test_the_migration_goes_down_to_whole_indexes_and_up_again(own_pg_url):
-    """Up: five partial indexes; down: whole again; up again, even after a killed upgrade."""
+    """Up: five partial indexes; down: whole again; up again, even after killed upgrades."""
     engine = make_engine(own_pg_url)
     config = alembic_config(engine)
     try:
@@ -172,16 +238,27 @@ def test_the_migration_goes_down_to_whole_indexes_and_up_again(own_pg_url):
         up = _indexes(engine)
         command.downgrade(config, "0007")
         down = _indexes(engine)
-        # an upgrade killed between dropping an index and building it again
+        # 0008 killed between dropping an index and building it again
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP INDEX ix_deliveries_status_lease_until")
         upgrade(engine)
         again = _indexes(engine)
+        # 0009 killed while building its index (left here with the wrong columns)
+        command.downgrade(config, "0008")
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE INDEX ix_deliveries_status_enqueued_at_not_before ON deliveries (status)"
+            )
+        upgrade(engine)
+        once_more = _indexes(engine)
     finally:
         engine.dispose()
     assert {name: _holds(up[name]) for name in PARTIAL} == PARTIAL
-    assert {name: _holds(down[name]) for name in PARTIAL} == dict.fromkeys(PARTIAL)
+    assert {name: _holds(down[BEFORE_0009.get(name, name)]) for name in PARTIAL} == dict.fromkeys(
+        PARTIAL
+    )
     assert again == up
+    assert once_more == up
 
 
 def test_an_upgrade_waits_while_another_process_upgrades(own_pg_url):
