@@ -1,4 +1,4 @@
-"""Migrations on PostgreSQL: the ledger's indexes of open work (0008), and one upgrade at a time.
+"""Migrations on PostgreSQL: the ledger's indexes of open work (0008, 0009), one upgrade at a time.
 
 The sweeper, the lease expiry, retries, pause, resume, cancel, campaign
 status and the provider webhooks each look for a few rows of one kind (or
@@ -7,7 +7,8 @@ indexes are partial: they hold only rows in the statuses (or with the
 column) they are asked about, so a sent row costs no entry in them. These
 tests check what the indexes are, that each query of open work can still be
 answered through an index (PostgreSQL must prove the predicate from the
-query's own conditions, bound parameters included), that the migration goes
+query's own conditions, bound parameters included), that a sweep reads no
+row it does not re-enqueue, that the migrations go
 down and up again, and that processes starting together upgrade one after
 another (``store.migrate.migration_lock``).
 """
@@ -19,6 +20,7 @@ import re
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from alembic import command
@@ -115,18 +117,24 @@ def _plans(pg_url: str, statements: list[tuple[str, object]]) -> list[tuple[str,
     return plans
 
 
+def _planned(pg_url: str, tmp_path, members: int, **settings: Any) -> tuple:
+    """(sessions, runtime) after ``test-broadcast`` planned one pending row per member."""
+    sessions = sessions_for(pg_url)
+    with sessions.begin() as s:
+        for _ in range(members):
+            add_member(s)
+    created = create(sessions, write_campaign(tmp_path))
+    assert claim_due_runs(sessions) == [created.run_id]
+    rt = runtime_for(pg_url, tmp_path, **settings)
+    plan_run(rt, created.run_id)
+    return sessions, rt
+
+
 def test_the_queries_of_open_work_are_answered_through_an_index(pg_url, tmp_path):
     """The sweeper, leases, retry, pause, resume, cancel, status, webhooks never scan the ledger."""
     # Given a planned broadcast with rows pending, deferred, sending past their
     # lease, failed, and sent with a provider id
-    sessions = sessions_for(pg_url)
-    with sessions.begin() as s:
-        for _ in range(5):
-            add_member(s)
-    created = create(sessions, write_campaign(tmp_path))
-    assert claim_due_runs(sessions) == [created.run_id]
-    rt = runtime_for(pg_url, tmp_path)
-    plan_run(rt, created.run_id)
+    sessions, rt = _planned(pg_url, tmp_path, members=5)
     now = utcnow()
     with sessions.begin() as s:
         ids = sorted(s.scalars(text("SELECT id FROM deliveries")).all())
@@ -171,14 +179,7 @@ def test_a_sweep_reads_only_the_rows_it_requeues(pg_url, tmp_path):
     """Rows in flight and rows waiting for a later time are not read by the sweeper at all."""
     # Given a broadcast mostly in flight (enqueued a moment ago), many rows
     # deferred to later, and a few rows of each kind the sweeper is for
-    sessions = sessions_for(pg_url)
-    with sessions.begin() as s:
-        for _ in range(215):
-            add_member(s)
-    created = create(sessions, write_campaign(tmp_path))
-    assert claim_due_runs(sessions) == [created.run_id]
-    rt = runtime_for(pg_url, tmp_path, lease_seconds=60)
-    plan_run(rt, created.run_id)
+    sessions, rt = _planned(pg_url, tmp_path, members=215, lease_seconds=60)
     now = utcnow()
     kinds = [
         (100, {"enqueued_at": now - timedelta(seconds=5)}),  # in flight
